@@ -1,0 +1,99 @@
+"""Validation of incoming envelopes (pure). Each error names the offending field.
+
+Limits (documented in the README):
+- project, run_id: 1-128 characters; host 0-255.
+- metric names: 1-256 characters, no control characters.
+- param and tag keys: 1-256 characters; values up to 8,192 characters.
+- one envelope: up to 1,000,000 points or GPU samples.
+"""
+
+from __future__ import annotations
+
+from runwire.proto import telemetry_pb2 as pb
+
+MAX_ID_LEN = 128
+MAX_NAME_LEN = 256
+MAX_KEY_LEN = 256
+MAX_VALUE_LEN = 8192
+MAX_ROWS = 1_000_000
+
+
+class InvalidEnvelope(ValueError):
+    """An envelope that must be rejected with INVALID_ARGUMENT; the message names the field."""
+
+
+def _check_text(field: str, value: str, min_len: int, max_len: int) -> None:
+    if not min_len <= len(value) <= max_len:
+        raise InvalidEnvelope(f"{field}: length {len(value)} is outside {min_len}..{max_len}")
+    if any(ord(c) < 32 for c in value):
+        raise InvalidEnvelope(f"{field}: contains a control character")
+
+
+def _check_map(field: str, mapping) -> None:
+    for key, value in mapping.items():
+        _check_text(f"{field} key {key[:40]!r}", key, 1, MAX_KEY_LEN)
+        if len(value) > MAX_VALUE_LEN:
+            raise InvalidEnvelope(f"{field}[{key[:40]!r}]: value longer than {MAX_VALUE_LEN} characters")
+
+
+def _check_columns(field: str, message, columns: tuple[str, ...]) -> int:
+    lengths = {name: len(getattr(message, name)) for name in columns}
+    n = lengths[columns[0]]
+    for name, length in lengths.items():
+        if length != n:
+            raise InvalidEnvelope(f"{field}.{name}: has {length} entries, {field}.{columns[0]} has {n}")
+    if n > MAX_ROWS:
+        raise InvalidEnvelope(f"{field}: {n} rows, more than {MAX_ROWS} in one envelope")
+    return n
+
+
+METRIC_POINT_COLUMNS = ("values", "name_index", "steps", "timestamps_ns")
+GPU_SAMPLE_COLUMNS = (
+    "gpu_ref", "timestamps_ns", "memory_used_bytes", "memory_total_bytes", "temperature_c",
+    "memory_temperature_c", "gpu_utilization_pct", "memory_utilization_pct", "power_w",
+    "power_limit_w", "sm_clock_mhz", "memory_clock_mhz", "throttle_reasons", "ecc_corrected",
+    "ecc_uncorrected", "xid",
+)
+
+
+def validate(envelope: pb.Envelope) -> None:
+    """Raise InvalidEnvelope if the envelope must not be stored."""
+    if envelope.seq == 0:
+        raise InvalidEnvelope("seq: must be >= 1")
+    if not envelope.HasField("identity"):
+        raise InvalidEnvelope("identity: missing")
+    ident = envelope.identity
+    _check_text("identity.project", ident.project, 1, MAX_ID_LEN)
+    _check_text("identity.run_id", ident.run_id, 1, MAX_ID_LEN)
+    _check_text("identity.stream_id", ident.stream_id, 1, MAX_ID_LEN)
+    _check_text("identity.host", ident.host, 0, 255)
+    if ident.world_size and ident.rank >= ident.world_size:
+        raise InvalidEnvelope(f"identity.rank: {ident.rank} is not below world_size {ident.world_size}")
+
+    body = envelope.WhichOneof("body")
+    if body is None:
+        raise InvalidEnvelope("body: missing (one of run_start, metrics, gpu, params, tags, run_end)")
+    if body == "metrics":
+        m = envelope.metrics
+        _check_columns("metrics", m, METRIC_POINT_COLUMNS)
+        for i, name in enumerate(m.names):
+            _check_text(f"metrics.names[{i}]", name, 1, MAX_NAME_LEN)
+        if m.name_index and max(m.name_index) >= len(m.names):
+            raise InvalidEnvelope(f"metrics.name_index: {max(m.name_index)} points past {len(m.names)} names")
+    elif body == "gpu":
+        g = envelope.gpu
+        _check_columns("gpu", g, GPU_SAMPLE_COLUMNS)
+        n_gpus = len(g.gpu_uuids)
+        for name in ("pci_bus_ids", "gpu_indexes", "gpu_names"):
+            if len(getattr(g, name)) != n_gpus:
+                raise InvalidEnvelope(f"gpu.{name}: has {len(getattr(g, name))} entries, gpu.gpu_uuids has {n_gpus}")
+        if g.gpu_ref and max(g.gpu_ref) >= n_gpus:
+            raise InvalidEnvelope(f"gpu.gpu_ref: {max(g.gpu_ref)} points past {n_gpus} GPUs")
+    elif body == "run_start":
+        _check_text("run_start.name", envelope.run_start.name, 0, MAX_NAME_LEN)
+        _check_map("run_start.params", envelope.run_start.params)
+        _check_map("run_start.tags", envelope.run_start.tags)
+    elif body == "params":
+        _check_map("params.params", envelope.params.params)
+    elif body == "tags":
+        _check_map("tags.tags", envelope.tags.tags)

@@ -1,0 +1,43 @@
+"""Connecting to ClickHouse (thin I/O): a server URL or the embedded chDB engine."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit, urlunsplit
+
+import clickhouse_connect
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+def check_identifier(name: str, what: str = "identifier") -> str:
+    """Database and table names cannot be query parameters in DDL, so they are validated instead."""
+    if not _IDENTIFIER.match(name):
+        raise ValueError(f"{what} {name!r} must match {_IDENTIFIER.pattern}")
+    return name
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def connect(url: str, database: str = "runwire", create: bool = True, **settings):
+    """A clickhouse-connect client bound to `database`.
+
+    url: ``http(s)://[user:password@]host:port`` of a ClickHouse server (or the local chDB
+    server), or ``chdb:///path`` for the in-process engine (one per process).
+    """
+    check_identifier(database, "database")
+    if create:
+        admin = clickhouse_connect.get_client(dsn=url, **settings)
+        try:
+            admin.command(f"CREATE DATABASE IF NOT EXISTS `{database}`")
+        finally:
+            if not url.startswith("chdb:"):
+                admin.close()
+    return clickhouse_connect.get_client(dsn=url, database=database, **settings)

@@ -38,6 +38,7 @@ GPU_COLUMNS = {"gpu_ref": "<u4", "timestamps_ns": "<i8", "throttle_reasons": "<u
 GPU_COLUMNS.update({name: "<f8" for name in GPU_FLOAT_COLUMNS})
 
 _IDENTITY_FIELDS = ("project", "run_id", "rank", "local_rank", "node_rank", "world_size", "host", "pid", "stream_id")
+_UINT32_FIELDS = ("rank", "local_rank", "node_rank", "world_size", "pid")
 
 
 class PoisonRecord(ValueError):
@@ -55,8 +56,9 @@ def _load_schema(kind: str, filename: str) -> _Schema:
     text = resources.files("runwire.proto").joinpath("avro", filename).read_text()
     parsed = fastavro.parse_schema(json.loads(text))
     fp = bytes.fromhex(fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO"))
-    # The spec stores the 64-bit fingerprint little-endian; fastavro returns it big-endian hex.
-    return _Schema(kind, parsed, MAGIC + fp[::-1])
+    # The spec stores the 64-bit fingerprint little-endian, and fastavro's CRC-64-AVRO hex is
+    # already those bytes in that order ("null" -> 8a8f25cce724dd63 for 0x63dd24e7cc258f8a).
+    return _Schema(kind, parsed, MAGIC + fp)
 
 
 _SCHEMAS = {
@@ -146,6 +148,12 @@ def decode(value: bytes | None) -> tuple[str, dict]:
         record = fastavro.schemaless_reader(io.BytesIO(value[10:]), schema.parsed, schema.parsed, return_record_name=True)
     except Exception as exc:  # fastavro raises several types for truncated or corrupt input
         raise PoisonRecord(f"Avro body does not decode as {schema.kind}: {exc!r}") from exc
+    # Avro int is signed and unbounded in fastavro; the contract's fields are uint32 and the
+    # storage columns unsigned, so an out-of-range value would fail in the writer (and be retried
+    # forever) instead of being dead-lettered here.
+    for name in _UINT32_FIELDS:
+        if not 0 <= record[name] <= 0xFFFFFFFF:
+            raise PoisonRecord(f"{name} {record[name]} is outside the uint32 range")
     if schema.kind == METRICS:
         _unpack_columns(record, METRIC_COLUMNS)
         if len(record["names"]) == 0 and len(record["values"]) > 0:
@@ -154,6 +162,12 @@ def decode(value: bytes | None) -> tuple[str, dict]:
             raise PoisonRecord("metric batch name_index points past names")
     elif schema.kind == GPU:
         _unpack_columns(record, GPU_COLUMNS)
+        n_gpus = len(record["gpu_uuids"])
+        for name in ("pci_bus_ids", "gpu_indexes", "gpu_names"):
+            if len(record[name]) != n_gpus:
+                raise PoisonRecord(f"GPU batch {name} has {len(record[name])} entries, gpu_uuids has {n_gpus}")
+        if any(not 0 <= i <= 0xFFFF for i in record["gpu_indexes"]):
+            raise PoisonRecord("GPU batch gpu_indexes outside 0..65535")
         if len(record["gpu_ref"]) and int(record["gpu_ref"].max()) >= len(record["gpu_uuids"]):
             raise PoisonRecord("GPU batch gpu_ref points past gpu_uuids")
     return schema.kind, record

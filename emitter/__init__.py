@@ -1,0 +1,100 @@
+"""runwire: stream every rank's metrics, params and GPU health from a training job.
+
+    import runwire
+    run = runwire.init(project="llm", config={"lr": 3e-4})
+    for step in range(steps):
+        runwire.log({"loss": loss, "tokens_per_s": tps}, step=step)
+    runwire.finish()
+
+MLflow-style calls work on the same run: `start_run()`, `log_metric`, `log_params`, `set_tag`,
+`end_run`. `log()` never blocks and never raises into the training loop.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from runwire.run import Run
+
+__all__ = ["Run", "init", "log", "finish", "flush", "start_run", "end_run", "log_metric", "log_metrics",
+           "log_param", "log_params", "set_tag", "set_tags", "active_run"]
+__version__ = "0.1.0"
+
+_active: Run | None = None
+
+
+def init(project: str = "default", name: str | None = None, config: Mapping[str, Any] | None = None,
+         tags: Mapping[str, str] | list[str] | None = None, run_id: str | None = None, **settings) -> Run:
+    """Start (or return the already active) run of this process.
+
+    project: project name. name: display name (default: the run id). config: hyperparameters,
+    stored as params (nested dicts become dotted keys). tags: dict or list of tags. run_id: all
+    ranks of one job share it; default RUNWIRE_RUN_ID, else derived from torchrun / SLURM / MPI.
+    settings: any EmitterConfig field, e.g. gateway="host:50051", token=..., gpu=False
+    (each also read from RUNWIRE_<NAME>).
+    """
+    global _active
+    if _active is not None and not _active._finished:
+        return _active
+    _active = Run(project=project, name=name, config=config, tags=tags, run_id=run_id, **settings)
+    return _active
+
+
+def start_run(run_name: str | None = None, project: str = "default", params: Mapping[str, Any] | None = None,
+              tags: Mapping[str, str] | None = None, run_id: str | None = None, **settings) -> Run:
+    """MLflow-style alias of init(); usable as a context manager."""
+    return init(project=project, name=run_name, config=params, tags=tags, run_id=run_id, **settings)
+
+
+def active_run() -> Run | None:
+    return _active if _active is not None and not _active._finished else None
+
+
+def _run() -> Run:
+    if _active is None:
+        raise RuntimeError("runwire: call runwire.init() first")
+    return _active
+
+
+def log(data: Mapping[str, Any], step: int | None = None) -> None:
+    if _active is not None:
+        _active.log(data, step)
+
+
+def log_metric(key: str, value: float, step: int | None = None) -> None:
+    if _active is not None:
+        _active.log({key: value}, step)
+
+
+def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+    if _active is not None:
+        _active.log(metrics, step)
+
+
+def log_param(key: str, value: Any) -> None:
+    _run().log_params({key: value})
+
+
+def log_params(params: Mapping[str, Any]) -> None:
+    _run().log_params(params)
+
+
+def set_tag(key: str, value: Any) -> None:
+    _run().set_tags({key: value})
+
+
+def set_tags(tags: Mapping[str, Any]) -> None:
+    _run().set_tags(tags)
+
+
+def flush(timeout: float | None = None) -> bool:
+    return _active.flush(timeout) if _active is not None else True
+
+
+def finish(exit_code: int = 0, timeout: float | None = None) -> dict[str, float]:
+    return _active.finish(exit_code, timeout) if _active is not None else {}
+
+
+def end_run(status: str = "FINISHED") -> None:
+    if _active is not None:
+        _active.end_run(status)

@@ -1,0 +1,417 @@
+"""The emitter's engine: bounded queue -> batcher thread -> acknowledged gRPC stream.
+
+`log()` only appends to a deque. The batcher thread turns queued points into columnar
+envelopes; every envelope stays in the outbox (memory up to a bound, then the on-disk spool)
+until the gateway acknowledges it, and is resent after every reconnect.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import grpc
+
+from runwire import retry
+from runwire.config import build, secret
+from runwire.identity import Layout
+from runwire.proto import telemetry_pb2 as pb
+from runwire.spool import Spool, default_root
+
+log = logging.getLogger("runwire")
+
+STREAM_METHOD = "/runwire.v1.Telemetry/Stream"
+MAX_NAME_LEN = 256  # metric names longer than this, or empty, are rejected (see README)
+PERMANENT_ACK_CODES = frozenset({"INVALID_ARGUMENT", "UNAUTHENTICATED", "PERMISSION_DENIED"})
+
+
+@dataclass(frozen=True)
+class EmitterConfig:
+    """Emitter settings. Each reads RUNWIRE_<NAME> when not passed to init()."""
+
+    gateway: str = "127.0.0.1:50051"     # RUNWIRE_GATEWAY: host:port of the gateway
+    token: str = secret("")              # RUNWIRE_TOKEN: bearer token for the project
+    max_queue: int = 50_000              # log() calls buffered; beyond, the oldest are dropped
+    batch_points: int = 8192             # points per envelope
+    flush_interval_s: float = 0.5        # an envelope leaves at least this often
+    max_unacked_bytes: int = 16 << 20    # unacknowledged envelopes kept in memory
+    max_spool_bytes: int = 2 << 30       # then on disk; beyond, the queue backs up and drops
+    max_in_flight: int = 64              # envelopes sent ahead of their acknowledgement
+    spool_dir: str = ""                  # default ~/.cache/runwire/spool
+    finish_timeout_s: float = 30.0       # finish() waits at most this long for acknowledgements
+    gpu: bool = True                     # sample this process's GPUs with NVML
+    gpu_interval_s: float = 1.0          # >= 0.1
+    gpu_sample_all: bool = False         # sample every GPU of the node, not only this rank's
+    strict: bool = False                 # raise on non-numeric values instead of counting them
+    enabled: bool = True                 # False: every call is a no-op
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.max_queue < 1 or self.batch_points < 1 or self.max_in_flight < 1:
+            out.append("max_queue, batch_points and max_in_flight must be >= 1")
+        if self.flush_interval_s <= 0:
+            out.append("flush_interval_s must be > 0")
+        if self.gpu_interval_s < 0.1:
+            out.append("gpu_interval_s must be >= 0.1")
+        if self.finish_timeout_s < 0:
+            out.append("finish_timeout_s must be >= 0")
+        return out
+
+    @classmethod
+    def from_settings(cls, **overrides) -> "EmitterConfig":
+        return build(cls, overrides)
+
+
+@dataclass
+class _Connection:
+    """One incarnation of the gRPC stream."""
+
+    to_send: collections.deque = field(default_factory=collections.deque)
+    in_flight: int = 0
+    sent_at: dict = field(default_factory=dict)
+    closed: bool = False
+    call: object = None
+
+
+class _Once:
+    """Log a message once per key; later repeats are only counted."""
+
+    def __init__(self) -> None:
+        self.seen: set = set()
+
+    def warn(self, key, message: str, *args) -> None:
+        if key not in self.seen:
+            self.seen.add(key)
+            log.warning(message, *args)
+
+
+class Exporter:
+    def __init__(self, config: EmitterConfig, layout: Layout, project: str) -> None:
+        self.config = config
+        self.identity = pb.Identity(
+            project=project, run_id=layout.run_id, rank=layout.rank, local_rank=layout.local_rank,
+            node_rank=layout.node_rank, world_size=layout.world_size, host=layout.host,
+            pid=os.getpid(), stream_id=uuid.uuid4().hex)
+        root = config.spool_dir or default_root()
+        self.spool = Spool(root, project, layout.run_id, layout.rank, self.identity.stream_id)
+
+        # Hot path state: log() touches only these two.
+        self.points: collections.deque = collections.deque(maxlen=config.max_queue)
+        self.dropped = 0
+
+        self._wake = threading.Event()
+        self._stop = threading.Event()           # interrupts backoff sleeps
+        self._draining = False                   # batcher: last pass, then exit
+        self._closing = False                    # sender: stop reconnecting
+        self._control: collections.deque = collections.deque()  # (body field, message) for params/tags/gpu
+        self._cond = threading.Condition()
+        self._seq = 0
+        self._passes = 0  # completed batcher passes, for flush()
+        self._entries: dict[int, bytes | None] = {}  # unacked: payload in memory, or None = on disk
+        self._memory_bytes = 0
+        self._conn: _Connection | None = None
+        self._once = _Once()
+        self._last: dict[str, float] = {}
+
+        self.stats = {"points": 0, "envelopes": 0, "acked": 0, "rejected": 0, "invalid_values": 0,
+                      "invalid_names": 0, "queue_high_water": 0, "reconnects": 0, "send_latency_sum_s": 0.0,
+                      "send_latency_max_s": 0.0, "send_latency_count": 0}
+
+        self._batcher = threading.Thread(target=self._batch_loop, name="runwire-batcher", daemon=True)
+        self._sender = threading.Thread(target=self._send_loop, name="runwire-sender", daemon=True)
+
+    def start(self, run_start: pb.RunStart) -> None:
+        self._emit(run_start=run_start)
+        self._batcher.start()
+        self._sender.start()
+
+    # -- called from the training loop ------------------------------------------------
+    def add_control(self, **body) -> None:
+        """Queue a params/tags/gpu body; sent in order with the metrics."""
+        self._control.append(body)
+        self._wake.set()
+
+    # -- batcher ----------------------------------------------------------------------
+    def _batch_loop(self) -> None:
+        while True:
+            self._wake.wait(self.config.flush_interval_s)
+            self._wake.clear()
+            final = self._draining
+            try:
+                self._drain()
+            except Exception:  # never let a bad value kill the thread
+                log.exception("runwire batcher failed; continuing")
+            with self._cond:
+                self._passes += 1
+                self._cond.notify_all()
+            if final:
+                return
+
+    def _drain(self) -> None:
+        points = self.points
+        high = len(points)
+        if high > self.stats["queue_high_water"]:
+            self.stats["queue_high_water"] = high
+        while self._control:
+            self._emit(**self._control.popleft())
+        batch = _MetricBuilder()
+        limit = self.config.batch_points
+        while points:
+            self._wait_for_spool_space()
+            try:
+                ts, step, data = points.popleft()
+            except IndexError:
+                break
+            for name, value in data.items():
+                self._add_point(batch, name, value, step, ts)
+            if len(batch.values) >= limit:
+                self._emit(metrics=batch.message())
+                batch = _MetricBuilder()
+        if batch.values:
+            self._emit(metrics=batch.message())
+
+    def _add_point(self, batch: "_MetricBuilder", name, value, step, ts) -> None:
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_LEN or not name.isprintable():
+            self.stats["invalid_names"] += 1
+            self._once.warn(("name", str(name)[:80]), "runwire: metric name %r rejected: names are 1-%d "
+                            "printable characters", str(name)[:80], MAX_NAME_LEN)
+            return
+        try:
+            number = float(value)  # int, float, bool, numpy scalars, 0-d tensors
+        except (TypeError, ValueError):
+            self.stats["invalid_values"] += 1
+            self._once.warn(("value", name), "runwire: value of %r is not a number (%s); such values are "
+                            "counted and skipped", name, type(value).__name__)
+            return
+        batch.add(name, number, step, ts)
+        self._last[name] = number
+        self.stats["points"] += 1
+
+    def _wait_for_spool_space(self) -> None:
+        # The spool is full: stop draining, so the queue fills and drops its oldest points.
+        while self.spool.bytes > self.config.max_spool_bytes and not self._stop.is_set():
+            self._stop.wait(0.1)
+
+    def _emit(self, **body) -> None:
+        with self._cond:
+            self._seq += 1
+            seq = self._seq
+        envelope = pb.Envelope(seq=seq, identity=self.identity, **body)
+        payload = envelope.SerializeToString()
+        with self._cond:
+            if self._memory_bytes + len(payload) <= self.config.max_unacked_bytes:
+                self._entries[seq] = payload
+                self._memory_bytes += len(payload)
+            else:
+                self.spool.put(seq, payload)
+                self._entries[seq] = None
+            self.stats["envelopes"] += 1
+            if self._conn is not None and not self._conn.closed:
+                self._conn.to_send.append(seq)
+            self._cond.notify_all()
+
+    # -- sender -----------------------------------------------------------------------
+    def _payload(self, seq: int) -> bytes | None:
+        payload = self._entries.get(seq)
+        if payload is None and seq in self._entries:
+            try:
+                payload = self.spool.get(seq)
+            except FileNotFoundError:
+                return None
+        return payload
+
+    def _requests(self, conn: _Connection):
+        while True:
+            with self._cond:
+                while True:
+                    if conn.closed:
+                        return
+                    if conn.to_send and conn.in_flight < self.config.max_in_flight:
+                        seq = conn.to_send.popleft()
+                        if seq in self._entries:
+                            payload = self._payload(seq)
+                            if payload is not None:
+                                break
+                        continue
+                    self._cond.wait(0.5)
+                conn.in_flight += 1
+                conn.sent_at[seq] = time.monotonic()
+            yield payload
+
+    def _send_loop(self) -> None:
+        attempt = 0
+        metadata = [("authorization", f"Bearer {self.config.token}")] if self.config.token else None
+        options = [("grpc.keepalive_time_ms", 20000), ("grpc.keepalive_timeout_ms", 10000),
+                   ("grpc.max_send_message_length", 64 << 20)]
+        while not self._closing:
+            conn = _Connection()
+            with self._cond:
+                conn.to_send.extend(sorted(self._entries))
+                self._conn = conn
+            channel = grpc.insecure_channel(self.config.gateway, options=options)
+            try:
+                call = channel.stream_stream(STREAM_METHOD, response_deserializer=pb.Ack.FromString)(
+                    self._requests(conn), metadata=metadata)
+                conn.call = call
+                for ack in call:
+                    attempt = 0
+                    if not self._on_ack(conn, ack):
+                        call.cancel()
+                        break
+            except grpc.RpcError as exc:
+                if self._closing:
+                    return
+                code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
+                self._once.warn(("rpc", code), "runwire: gateway %s: %s (%s); keeping data and retrying",
+                                self.config.gateway, code, _details(exc))
+            finally:
+                with self._cond:
+                    conn.closed = True
+                    self._cond.notify_all()
+                channel.close()
+            if self._closing:
+                return
+            self.stats["reconnects"] += 1
+            retry.sleep(retry.Backoff(initial_s=0.2, max_s=5.0), attempt, self._stop)
+            attempt += 1
+
+    def _on_ack(self, conn: _Connection, ack: pb.Ack) -> bool:
+        """Apply one acknowledgement; False when the stream must be restarted to resend."""
+        code = ack.code or "OK"
+        with self._cond:
+            conn.in_flight -= 1
+            sent = conn.sent_at.pop(ack.seq, None)
+            if sent is not None:
+                latency = time.monotonic() - sent
+                self.stats["send_latency_sum_s"] += latency
+                self.stats["send_latency_count"] += 1
+                self.stats["send_latency_max_s"] = max(self.stats["send_latency_max_s"], latency)
+            if code == "OK" or code in PERMANENT_ACK_CODES:
+                payload = self._entries.pop(ack.seq, b"")
+                if payload is None:
+                    self.spool.remove(ack.seq)
+                else:
+                    self._memory_bytes -= len(payload)
+                self.stats["acked" if code == "OK" else "rejected"] += 1
+                self._cond.notify_all()
+                if code != "OK":
+                    self._once.warn(("ack", code), "runwire: gateway rejected envelope %d: %s %s",
+                                    ack.seq, code, ack.message)
+                return True
+        self._once.warn(("ack", code), "runwire: gateway answered %s (%s); resending", code, ack.message)
+        return False
+
+    # -- shutdown ---------------------------------------------------------------------
+    def unacked(self) -> int:
+        with self._cond:
+            return len(self._entries)
+
+    def flush(self, timeout: float) -> bool:
+        """Send everything logged before this call and wait for its acknowledgement."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            # A pass that is already running may have missed the newest points: wait for the next.
+            wanted = self._passes + 2
+            while self._passes < wanted:
+                self._wake.set()
+                if not self._cond.wait(max(0.0, min(0.05, deadline - time.monotonic()))) and time.monotonic() >= deadline:
+                    return False
+            target = self._seq
+            return self._cond.wait_for(lambda: not any(s <= target for s in self._entries),
+                                       max(0.0, deadline - time.monotonic()))
+
+    def close(self, run_end: pb.RunEnd | None, timeout: float) -> dict:
+        """Drain the queue, send RunEnd, wait up to `timeout` for acknowledgements, spool the
+        rest. Returns the delivery summary."""
+        deadline = time.monotonic() + timeout
+        self._draining = True
+        self._wake.set()
+        self._batcher.join(max(0.0, deadline - time.monotonic()))
+        if run_end is not None:
+            for key, value in self.summary().items():
+                run_end.summary[key] = value
+            self._emit(run_end=run_end)
+        with self._cond:
+            self._cond.wait_for(lambda: not self._entries, max(0.0, deadline - time.monotonic()))
+            self._closing = True
+            self._stop.set()
+            if self._conn is not None:
+                self._conn.closed = True
+            self._cond.notify_all()
+            call = self._conn.call if self._conn is not None else None
+        if call is not None:
+            call.cancel()
+        self._sender.join(5)
+        with self._cond:
+            for seq, payload in list(self._entries.items()):
+                if payload is not None:
+                    self.spool.put(seq, payload)
+                    self._entries[seq] = None
+                    self._memory_bytes -= len(payload)
+            left = len(self._entries)
+        if left:
+            log.warning("runwire: %d envelopes were not acknowledged in %.0f s; they are spooled in %s. "
+                        "Deliver them with: runwire sync %s", left, timeout, self.spool.dir, self.spool.dir)
+        return self.summary()
+
+    def summary(self) -> dict[str, float]:
+        s = self.stats
+        count = s["send_latency_count"]
+        out = {
+            "runwire.points": s["points"],
+            "runwire.dropped": self.dropped,
+            "runwire.invalid_values": s["invalid_values"],
+            "runwire.invalid_names": s["invalid_names"],
+            "runwire.queue_high_water": s["queue_high_water"],
+            "runwire.envelopes": s["envelopes"],
+            "runwire.acked": s["acked"],
+            "runwire.rejected": s["rejected"],
+            "runwire.unacked": len(self._entries),
+            "runwire.spool_bytes": self.spool.bytes,
+            "runwire.spool_files": self.spool.files,
+            "runwire.reconnects": s["reconnects"],
+            "runwire.send_latency_mean_s": s["send_latency_sum_s"] / count if count else math.nan,
+            "runwire.send_latency_max_s": s["send_latency_max_s"],
+        }
+        for name, value in self._last.items():
+            out.setdefault(name, value)
+        return out
+
+
+class _MetricBuilder:
+    """Columns of one MetricBatch, built with plain lists and handed to protobuf at once."""
+
+    __slots__ = ("names", "name_index", "steps", "timestamps", "values")
+
+    def __init__(self) -> None:
+        self.names: dict[str, int] = {}
+        self.name_index: list[int] = []
+        self.steps: list[int] = []
+        self.timestamps: list[int] = []
+        self.values: list[float] = []
+
+    def add(self, name: str, value: float, step: int, ts: int) -> None:
+        index = self.names.get(name)
+        if index is None:
+            index = self.names[name] = len(self.names)
+        self.name_index.append(index)
+        self.steps.append(step)
+        self.timestamps.append(ts)
+        self.values.append(value)
+
+    def message(self) -> pb.MetricBatch:
+        return pb.MetricBatch(names=list(self.names), name_index=self.name_index, steps=self.steps,
+                              timestamps_ns=self.timestamps, values=self.values)
+
+
+def _details(exc: grpc.RpcError) -> str:
+    try:
+        return exc.details() or ""
+    except Exception:
+        return ""

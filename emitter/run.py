@@ -1,0 +1,243 @@
+"""The run object users hold: W&B-style (`log`, `config`, `summary`, `finish`) and MLflow-style
+(`log_metric`, `log_params`, `set_tag`, `end_run`) calls on one object."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Mapping
+from typing import Any
+
+from runwire.exporter import EmitterConfig, Exporter
+from runwire.identity import layout_from_env
+from runwire.proto import telemetry_pb2 as pb
+
+log = logging.getLogger("runwire")
+
+_live_runs: "weakref.WeakSet[Run]" = weakref.WeakSet()
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config -> dotted keys with text values (what params are stored as)."""
+    out: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = str(value)
+    return out
+
+
+class Config(dict):
+    """run.config: a dict (and attribute access) whose updates are sent as params."""
+
+    def __init__(self, run: "Run", initial: Mapping[str, Any]) -> None:
+        super().__init__(initial)
+        object.__setattr__(self, "_run", run)
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, value)
+        self._run.log_params({key: value})
+
+    def update(self, other=(), **kwargs) -> None:
+        merged = dict(other, **kwargs)
+        super().update(merged)
+        self._run.log_params(merged)
+
+    def __getattr__(self, key):
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def __setattr__(self, key, value) -> None:
+        self[key] = value
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=2,
+                              check=False).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+class Run:
+    """One process's view of a run. All ranks of a job share the run id."""
+
+    def __init__(self, project: str = "default", name: str | None = None, config: Mapping[str, Any] | None = None,
+                 tags: Mapping[str, str] | list[str] | None = None, run_id: str | None = None, **settings) -> None:
+        self.settings = EmitterConfig.from_settings(**settings)
+        self.project = project
+        self.layout = layout_from_env(project=project, run_id=run_id)
+        self.id = self.layout.run_id
+        self.name = name or self.id
+        self.summary: dict[str, float] = {}
+        self._step = 0
+        self._finished = False
+        self._lock = threading.Lock()
+        self._inert = not self.settings.enabled
+        self._exporter: Exporter | None = None
+        self._sampler = None
+        tag_map = {t: "" for t in tags} if isinstance(tags, list) else dict(tags or {})
+        self.config = Config(self, config or {})
+        if self._inert:
+            return
+        self._exporter = Exporter(self.settings, self.layout, project)
+        self._points = self._exporter.points
+        self._exporter.start(pb.RunStart(
+            name=self.name, start_time_ns=time.time_ns(), git_commit=_git_commit(),
+            params=flatten(config or {}), tags={k: str(v) for k, v in tag_map.items()},
+            launcher=self.layout.launcher))
+        if self.settings.gpu:
+            self._start_gpu_sampler()
+        _live_runs.add(self)
+
+    # -- metrics: the hot path ----------------------------------------------------------
+    def log(self, data: Mapping[str, Any], step: int | None = None) -> None:
+        """Record metrics. Never blocks and never raises: it stamps the time and appends to a
+        bounded queue. step: defaults to one more than the last step logged."""
+        if self._inert:
+            return
+        if step is None:
+            step = self._step
+            self._step = step + 1
+        else:
+            self._step = step + 1
+        points = self._points
+        if len(points) == points.maxlen:
+            self._exporter.dropped += 1
+        if self.settings.strict:
+            _check_numbers(data)
+        points.append((time.time_ns(), step, dict(data)))
+
+    def log_metric(self, key: str, value: float, step: int | None = None) -> None:
+        self.log({key: value}, step=step)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self.log(metrics, step=step)
+
+    # -- params and tags -----------------------------------------------------------------
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        if not self._inert and params:
+            self._exporter.add_control(params=pb.Params(params=flatten(params)))
+
+    def log_param(self, key: str, value: Any) -> None:
+        self.log_params({key: value})
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        if not self._inert and tags:
+            self._exporter.add_control(tags=pb.Tags(tags={k: str(v) for k, v in tags.items()}))
+
+    def set_tag(self, key: str, value: Any) -> None:
+        self.set_tags({key: value})
+
+    # -- GPU -----------------------------------------------------------------------------
+    def _start_gpu_sampler(self) -> None:
+        from runwire import gpu
+
+        exporter = self._exporter
+
+        def sink(samples):
+            if samples:
+                exporter.add_control(gpu=gpu.encode_gpu_batch(samples))
+
+        self._sampler = gpu.GpuSampler(sink, interval_s=self.settings.gpu_interval_s,
+                                       local_rank=self.layout.local_rank, sample_all=self.settings.gpu_sample_all,
+                                       nvml=_nvml_override())
+        self._sampler.start()
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def flush(self, timeout: float | None = None) -> bool:
+        """Block until everything logged so far is acknowledged (or `timeout`)."""
+        if self._inert:
+            return True
+        return self._exporter.flush(self.settings.finish_timeout_s if timeout is None else timeout)
+
+    def finish(self, exit_code: int = 0, timeout: float | None = None) -> dict[str, float]:
+        """Flush, send the run end and stop. Waits at most `timeout` (default 30 s,
+        RUNWIRE_FINISH_TIMEOUT_S); what is still unacknowledged stays in the spool."""
+        with self._lock:
+            if self._finished or self._inert:
+                return dict(self.summary)
+            self._finished = True
+        if self._sampler is not None:
+            self._sampler.shutdown()
+        end = pb.RunEnd(end_time_ns=time.time_ns(), exit_code=exit_code)
+        for key, value in self.summary.items():
+            try:
+                end.summary[key] = float(value)
+            except (TypeError, ValueError):
+                pass
+        result = self._exporter.close(end, self.settings.finish_timeout_s if timeout is None else timeout)
+        self.summary.update({k: v for k, v in result.items() if k.startswith("runwire.")})
+        _live_runs.discard(self)
+        return dict(self.summary)
+
+    def end_run(self, status: str = "FINISHED") -> None:
+        self.finish(0 if status == "FINISHED" else 1)
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.finish(0 if exc_type is None else 1)
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's threads and gRPC channel do not exist here; logging in a forked child
+        # is a documented no-op (the parent keeps its stream).
+        self._inert = True
+        self._finished = True
+        if self._sampler is not None and hasattr(self._sampler, "_after_fork_in_child"):
+            self._sampler._after_fork_in_child()
+
+
+def _check_numbers(data: Mapping[str, Any]) -> None:
+    for key, value in data.items():
+        try:
+            float(value)
+        except (TypeError, ValueError):
+            raise TypeError(f"runwire strict mode: value of {key!r} is {type(value).__name__}, not a number") from None
+
+
+def _nvml_override():
+    """Tests and the demo can swap NVML for the fake via RUNWIRE_FAKE_NVML=<seed>."""
+    seed = os.environ.get("RUNWIRE_FAKE_NVML")
+    if not seed:
+        return None
+    from runwire.testing.fake_nvml import FakeNvml
+
+    return FakeNvml.h100_node(n_gpus=int(os.environ.get("RUNWIRE_FAKE_GPUS", "2")), node_seed=int(seed))
+
+
+_failed = False
+_original_excepthook = sys.excepthook
+
+
+def _excepthook(exc_type, exc, tb) -> None:
+    global _failed
+    _failed = True
+    _original_excepthook(exc_type, exc, tb)
+
+
+def _finish_all_at_exit() -> None:
+    for run in list(_live_runs):
+        run.finish(1 if _failed else 0)
+
+
+def _after_fork_in_child() -> None:
+    for run in list(_live_runs):
+        run._after_fork_in_child()
+    _live_runs.clear()
+
+
+sys.excepthook = _excepthook
+atexit.register(_finish_all_at_exit)
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,216 @@
+"""Ingest worker: Kafka consumer group -> decode -> batched ClickHouse inserts.
+
+Offsets are committed only after ClickHouse accepted every record polled before the commit, so
+a crash replays, never skips; storage's replacing keys make the replay harmless. A record that
+cannot be decoded, or that ClickHouse rejects as bad data, goes to the dead-letter topic with
+the reason, and the rest flows on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from kafka import KafkaConsumer
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+
+from runwire import retry
+from runwire.config import build
+from runwire.ingest import codec
+from runwire.ingest.kafka_io import ensure_topics, make_producer, topic_names
+from runwire.storage.writer import is_permanent
+
+log = logging.getLogger("runwire.ingest")
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Ingest worker settings; each also reads RUNWIRE_<NAME>."""
+
+    kafka_bootstrap: str = ""
+    clickhouse_url: str = ""
+    clickhouse_database: str = "runwire"
+    topic_prefix: str = "runwire."
+    topic_partitions: int = 6
+    topic_replication: int = 1
+    group_id: str = "runwire-ingest"
+    batch_rows: int = 200_000        # insert when this many rows are buffered ...
+    batch_interval_s: float = 0.5    # ... or when the oldest buffered record is this old
+    ttl_days: int | None = None      # raw time-series retention; None leaves it as it is
+
+    def problems(self) -> list[str]:
+        out = []
+        if not self.kafka_bootstrap:
+            out.append("kafka_bootstrap (RUNWIRE_KAFKA_BOOTSTRAP) is required")
+        if not self.clickhouse_url:
+            out.append("clickhouse_url (RUNWIRE_CLICKHOUSE_URL) is required")
+        if self.batch_rows < 1 or self.batch_interval_s <= 0:
+            out.append("batch_rows must be >= 1 and batch_interval_s > 0")
+        return out
+
+    @classmethod
+    def from_settings(cls, **overrides) -> "IngestConfig":
+        return build(cls, overrides)
+
+
+class _FlushOnRevoke(ConsumerRebalanceListener):
+    def __init__(self, worker: "IngestWorker") -> None:
+        self.worker = worker
+
+    def on_partitions_revoked(self, revoked):
+        # Write and commit what we hold before another worker takes these partitions over.
+        if revoked:
+            self.worker.flush()
+
+    def on_partitions_assigned(self, assigned):
+        log.info("assigned %d partitions", len(assigned))
+
+
+class IngestWorker:
+    """One member of the ingest consumer group. `run()` until `stop()`."""
+
+    def __init__(self, config: IngestConfig, writer, backoff: retry.Backoff = retry.Backoff(max_s=5.0)) -> None:
+        self.config = config
+        self.writer = writer
+        self.backoff = backoff
+        self.topics = topic_names(config.topic_prefix)
+        self._stop = threading.Event()
+        self._buffer: list[tuple[str, dict]] = []
+        self._buffer_rows = 0
+        self._buffer_since = 0.0
+        self._dead_letters: list = []  # futures of dead-letter sends since the last commit
+        self.counters = {"records": 0, "rows": 0, "inserts": 0, "dead_letters": 0, "retries": 0}
+        ensure_topics(config.kafka_bootstrap, config.topic_prefix, config.topic_partitions, config.topic_replication)
+        self.producer = make_producer(config.kafka_bootstrap, client_id="runwire-ingest-dlq")
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=config.kafka_bootstrap,
+            group_id=config.group_id,
+            client_id="runwire-ingest",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=16 * 1024 * 1024,
+            fetch_max_bytes=64 * 1024 * 1024,
+            max_poll_records=2000,
+        )
+        self.consumer.subscribe(
+            [self.topics[k] for k in codec.KINDS], listener=_FlushOnRevoke(self))
+
+    def run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                polled = self.consumer.poll(timeout_ms=100)
+                for partition_records in polled.values():
+                    for record in partition_records:
+                        self._take(record)
+                if self._buffer and (self._buffer_rows >= self.config.batch_rows
+                                     or time.monotonic() - self._buffer_since >= self.config.batch_interval_s):
+                    self.flush()
+                elif polled and not self._buffer:
+                    self._commit()  # only dead letters were polled
+            self.flush()
+        finally:
+            self.consumer.close(autocommit=False)
+            self.producer.close(timeout=10)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _take(self, record) -> None:
+        self.counters["records"] += 1
+        try:
+            kind, decoded = codec.decode(record.value)
+        except codec.PoisonRecord as exc:
+            self._dead_letter(record, str(exc))
+            return
+        if not self._buffer:
+            self._buffer_since = time.monotonic()
+        self._buffer.append((kind, decoded))
+        self._buffer_rows += codec.row_count(kind, decoded)
+
+    def _dead_letter(self, record, reason: str) -> None:
+        log.warning("dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason)
+        self.counters["dead_letters"] += 1
+        headers = [
+            ("runwire.reason", reason.encode()[:1000]),
+            ("runwire.topic", record.topic.encode()),
+            ("runwire.partition", str(record.partition).encode()),
+            ("runwire.offset", str(record.offset).encode()),
+        ]
+        self._dead_letters.append(self.producer.send(
+            self.topics["deadletter"], key=record.key, value=record.value or b"", headers=headers))
+
+    def flush(self) -> None:
+        """Insert everything buffered (retrying while ClickHouse is unavailable), then commit."""
+        if self._buffer:
+            self._insert(self._buffer)
+            self.counters["rows"] += self._buffer_rows
+            self._buffer, self._buffer_rows = [], 0
+        self._commit()
+
+    def _insert(self, batch: list[tuple[str, dict]]) -> None:
+        attempt = 0
+        while True:
+            try:
+                self.writer.write(batch)
+                self.counters["inserts"] += 1
+                return
+            except Exception as exc:
+                if is_permanent(exc):
+                    self._insert_one_by_one(batch, exc)
+                    return
+                self.counters["retries"] += 1
+                log.warning("ClickHouse insert of %d records failed (attempt %d), retrying: %s",
+                            len(batch), attempt + 1, exc)
+                # Offsets stay uncommitted while we wait, so a crash here loses nothing.
+                if not retry.sleep(self.backoff, attempt, self._stop):
+                    raise RuntimeError("stopped while ClickHouse was unavailable; offsets not committed") from exc
+                attempt += 1
+
+    def _insert_one_by_one(self, batch: list[tuple[str, dict]], first_error: Exception) -> None:
+        """A permanent error: find the bad records, dead-letter them, insert the rest."""
+        log.error("ClickHouse rejected a batch as bad data (%s); isolating the bad records", first_error)
+        for kind, decoded in batch:
+            try:
+                self.writer.write([(kind, decoded)])
+            except Exception as exc:
+                if not is_permanent(exc):
+                    raise
+                encoded = codec.encode(kind, decoded if kind == codec.RUNS else _repack(kind, decoded))
+                self._dead_letter(_Rejected(self.topics[kind], encoded), f"ClickHouse rejected the record: {exc}")
+
+    def _commit(self) -> None:
+        for future in self._dead_letters:
+            future.get(timeout=30)  # a dead letter must be durable before its offset moves on
+        self._dead_letters = []
+        try:
+            self.consumer.commit()
+        except Exception as exc:
+            # Lost the partitions (rebalance): the new owner replays from the last commit.
+            log.warning("offset commit failed, the records will be replayed: %s", exc)
+
+
+class _Rejected:
+    """Stands in for a consumer record when a decoded record is dead-lettered after insert."""
+
+    def __init__(self, topic: str, value: bytes) -> None:
+        self.topic, self.value, self.key, self.partition, self.offset = topic, value, None, -1, -1
+
+
+def _repack(kind: str, decoded: dict) -> dict:
+    columns = codec.METRIC_COLUMNS if kind == codec.METRICS else codec.GPU_COLUMNS
+    out = dict(decoded)
+    for name in columns:
+        out[name] = decoded[name].tobytes()
+    return out
+
+
+def create_worker(config: IngestConfig) -> IngestWorker:
+    from runwire.storage.client import connect
+    from runwire.storage.schema import migrate
+    from runwire.storage.writer import StorageWriter
+
+    client = connect(config.clickhouse_url, config.clickhouse_database)
+    migrate(client, ttl_days=config.ttl_days)
+    return IngestWorker(config, StorageWriter(client))

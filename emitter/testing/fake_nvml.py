@@ -31,6 +31,7 @@ from __future__ import annotations
 import ctypes
 import itertools
 import math
+import os
 import random
 import threading
 import time
@@ -92,6 +93,16 @@ _addresses = itertools.count(0x7E5700000000, 0x100)
 
 # One lock for every fake: the sampler thread reads while a test thread injects anomalies.
 _LOCK = threading.RLock()
+
+
+def _new_lock_in_child() -> None:
+    # A fork while the parent's sampler thread held the lock would leave it held forever in
+    # the child (event sets created before the fork keep the old lock; they belong to the parent).
+    global _LOCK
+    _LOCK = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_new_lock_in_child)
 
 # HGX H100 8-GPU board: PCI bus numbers of the eight SXM modules.
 _HGX_BUSES = (0x18, 0x2A, 0x3A, 0x5D, 0x9A, 0xAB, 0xBA, 0xDB)

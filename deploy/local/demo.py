@@ -1,0 +1,127 @@
+"""`runwire demo`: a simulated multi-node training job on the embedded stack.
+
+Every simulated rank is its own process running the real emitter, with simulated GPUs behind
+a fake NVML (`runwire.testing.fake_nvml`), so the demo exercises the same code as a real job.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import time
+import uuid
+
+PROJECT = "demo"
+
+
+def train(duration_s: float, seed: int) -> dict:
+    """The body of one simulated rank: a loss curve, accuracy, step time and throughput."""
+    import runwire
+
+    rng = random.Random(seed)
+    run = runwire.init(project=PROJECT, name="demo-llm", config={
+        "model": {"layers": 24, "hidden": 2048}, "lr": 3e-4, "batch_size": 512, "optimizer": "adamw"},
+        tags={"team": "demo"}, gpu_interval_s=0.5)
+    rank = run.layout.rank
+    step, started = 0, time.monotonic()
+    while time.monotonic() - started < duration_s:
+        step_time = 0.01 * (1 + 0.1 * rng.random()) * (1.0 + 0.05 * rank)
+        time.sleep(step_time)
+        loss = 4.0 * math.exp(-step / 800) + 1.2 + 0.05 * rng.gauss(0, 1)
+        run.log({"loss": loss, "accuracy": 1 - loss / 6, "step_time_s": step_time,
+                 "tokens_per_s": 512 * 1024 / step_time, "lr": 3e-4 * min(1.0, step / 200)}, step=step)
+        step += 1
+    return run.finish()
+
+
+def _rank_main() -> int:
+    summary = train(float(os.environ["RUNWIRE_DEMO_DURATION_S"]), int(os.environ["RANK"]))
+    print("RUNWIRE_SUMMARY " + json.dumps({k: v for k, v in summary.items() if k.startswith("runwire.")}), flush=True)
+    return 0
+
+
+def launch_ranks(gateway: str, run_id: str, duration_s: float, nodes: int, ranks_per_node: int) -> list[subprocess.Popen]:
+    """Start nodes x ranks_per_node rank processes with a torchrun-like environment."""
+    procs = []
+    world = nodes * ranks_per_node
+    for node in range(nodes):
+        for local in range(ranks_per_node):
+            env = dict(os.environ, RUNWIRE_GATEWAY=gateway, RUNWIRE_RUN_ID=run_id, RANK=str(node * ranks_per_node + local),
+                       LOCAL_RANK=str(local), GROUP_RANK=str(node), WORLD_SIZE=str(world),
+                       LOCAL_WORLD_SIZE=str(ranks_per_node), RUNWIRE_HOST=f"node-{node}",
+                       RUNWIRE_FAKE_NVML=str(node + 1), RUNWIRE_FAKE_GPUS=str(ranks_per_node),
+                       RUNWIRE_DEMO_DURATION_S=str(duration_s))
+            procs.append(subprocess.Popen([sys.executable, "-m", "runwire.deploy.local.demo"], env=env,
+                                          stdout=subprocess.PIPE, text=True))
+    return procs
+
+
+def collect(procs: list[subprocess.Popen], timeout_s: float) -> list[dict]:
+    summaries = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=timeout_s)
+        if proc.returncode != 0:
+            raise RuntimeError(f"rank process exited with {proc.returncode}")
+        for line in out.splitlines():
+            if line.startswith("RUNWIRE_SUMMARY "):
+                summaries.append(json.loads(line.split(" ", 1)[1]))
+    return summaries
+
+
+def wait_for_rows(client, run_id: str, expected_points: int, timeout_s: float = 60.0) -> int:
+    """Kafka mode stores asynchronously: wait until every acknowledged point is queryable."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        stored = client.query("SELECT count() FROM metrics FINAL WHERE run_id = {r:String}",
+                              parameters={"r": run_id}).result_rows[0][0]
+        if stored >= expected_points or time.monotonic() > deadline:
+            return stored
+        time.sleep(0.2)
+
+
+def report(client, run_id: str) -> str:
+    params = {"r": run_id}
+    per_rank = client.query(
+        "SELECT m.rank, any(r.host) AS host, count() AS points, "
+        "argMaxIf(m.value, m.step, m.name = 'loss') AS last_loss, max(m.step) AS last_step "
+        "FROM metrics AS m FINAL LEFT JOIN (SELECT rank, host FROM run_ranks FINAL WHERE run_id = {r:String}) AS r "
+        "ON m.rank = r.rank WHERE m.run_id = {r:String} GROUP BY m.rank ORDER BY m.rank", parameters=params).result_rows
+    gpus = client.query(
+        "SELECT host, gpu_index, gpu_uuid, count() AS samples, round(max(temperature_c), 1), "
+        "round(max(memory_used_bytes) / pow(2, 30), 1) FROM gpu_samples FINAL WHERE run_id = {r:String} "
+        "GROUP BY host, gpu_index, gpu_uuid ORDER BY host, gpu_index", parameters=params).result_rows
+    run = client.query("SELECT name, status, world_size FROM runs FINAL WHERE run_id = {r:String}",
+                       parameters=params).result_rows
+    lines = [f"run {run_id}: " + (f"name={run[0][0]} status={run[0][1]} world_size={run[0][2]}" if run else "(no run row)"),
+             "", f"{'rank':>4}  {'host':<8} {'points':>8} {'last step':>9} {'last loss':>9}"]
+    lines += [f"{r[0]:>4}  {r[1]:<8} {r[2]:>8} {r[4]:>9} {r[3]:>9.4f}" for r in per_rank]
+    lines += ["", f"{'host':<8} {'gpu':>3}  {'uuid':<40} {'samples':>7} {'max temp C':>10} {'max mem GiB':>11}"]
+    lines += [f"{g[0]:<8} {g[1]:>3}  {g[2]:<40} {g[3]:>7} {g[4]:>10} {g[5]:>11}" for g in gpus]
+    return "\n".join(lines)
+
+
+def run_demo(duration_s: float = 20.0, nodes: int = 2, ranks_per_node: int = 2, data_dir: str | None = None) -> int:
+    from runwire.deploy.local.stack import LocalStack
+
+    run_id = f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    with LocalStack(data_dir=data_dir) as stack:
+        print(stack.describe(), flush=True)
+        print(f"\nsimulating {nodes} nodes x {ranks_per_node} ranks for {duration_s:.0f} s (run {run_id}) ...", flush=True)
+        started = time.monotonic()
+        summaries = collect(launch_ranks(stack.gateway.address, run_id, duration_s, nodes, ranks_per_node),
+                            timeout_s=duration_s + 120)
+        emitted = int(sum(s["runwire.points"] for s in summaries))
+        client = stack.client()
+        stored = wait_for_rows(client, run_id, emitted)
+        print(f"\n{len(summaries)} ranks emitted {emitted} points in {time.monotonic() - started:.1f} s; "
+              f"stored {stored}; dropped {int(sum(s['runwire.dropped'] for s in summaries))}\n")
+        print(report(client, run_id), flush=True)
+    return 0 if stored == emitted else 1
+
+
+if __name__ == "__main__":
+    sys.exit(_rank_main())

@@ -1,0 +1,550 @@
+"""A real, single-node Apache Kafka broker for tests and local use, without Docker.
+
+The broker is Apache Kafka itself (``kafka.Kafka``), resolved as jars from Maven Central with
+Maven and run with ``java -cp``, in KRaft mode with one process acting as broker and controller,
+listening on 127.0.0.1 only.
+
+Jar cache: ``$RUNWIRE_CACHE_DIR/kafka-<version>/`` (default ``$XDG_CACHE_HOME/runwire`` or
+``~/.cache/runwire``). The first resolve downloads about 45 MB and takes seconds to a minute; a
+marker file is written only after a complete resolve, so later runs skip Maven entirely.
+
+Usage::
+
+    with KafkaServer() as kafka:          # starts, waits until produce+fetch work
+        producer = KafkaProducer(bootstrap_servers=kafka.bootstrap)
+        ...
+        kafka.restart()                    # same ports, same data
+
+From a shell: ``python -m runwire.deploy.local.kafka`` runs a broker in the foreground and
+prints its bootstrap address.
+
+Requirements: ``java`` (17+) and, for the first resolve only, ``mvn`` on PATH (or ``JAVA_HOME``
+/ ``RUNWIRE_MVN``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Dict, List, Optional
+
+__all__ = ["KafkaServer", "resolve_kafka_jars", "cache_root", "KAFKA_VERSION"]
+
+KAFKA_VERSION = "4.1.1"
+
+_POM_TEMPLATE = Path(__file__).with_name("kafka-pom.xml")
+_MARKER = "RESOLVED"
+_PROBE_TOPIC = "_runwire_probe"
+
+
+# --------------------------------------------------------------------------------------------
+# Jar resolution
+# --------------------------------------------------------------------------------------------
+
+
+def cache_root() -> Path:
+    """Root of runwire's download cache.
+
+    ``RUNWIRE_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/runwire``, else ``~/.cache/runwire``.
+    """
+    env = os.environ.get("RUNWIRE_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "runwire"
+
+
+def _find_mvn() -> str:
+    mvn = os.environ.get("RUNWIRE_MVN") or shutil.which("mvn")
+    if not mvn:
+        raise RuntimeError(
+            "Apache Maven ('mvn') is needed once to download the Kafka jars from Maven Central, "
+            "and it is not on PATH (or set RUNWIRE_MVN)."
+        )
+    return mvn
+
+
+def _find_java() -> str:
+    home = os.environ.get("JAVA_HOME")
+    if home and (Path(home) / "bin" / "java").exists():
+        return str(Path(home) / "bin" / "java")
+    java = shutil.which("java")
+    if not java:
+        raise RuntimeError("'java' (17 or newer) is needed to run the Kafka broker and is not on PATH.")
+    return java
+
+
+def resolve_kafka_jars(version: str = KAFKA_VERSION, cache_dir: Optional[os.PathLike] = None,
+                       timeout: float = 900.0) -> List[Path]:
+    """Return the jars of a runnable Kafka broker, downloading them with Maven on first use.
+
+    ``cache_dir`` defaults to ``cache_root() / f"kafka-{version}"``. The Maven local repository
+    (``-Dmaven.repo.local``) lives inside it too, so nothing is written to ``~/.m2``. A file lock
+    serialises concurrent resolves (parallel test sessions); the marker file, which records a
+    hash of the pom, is written only after Maven succeeded, so an interrupted resolve is redone.
+    """
+    cdir = Path(cache_dir) if cache_dir is not None else cache_root() / f"kafka-{version}"
+    cdir.mkdir(parents=True, exist_ok=True)
+    pom_text = _POM_TEMPLATE.read_text().replace("@KAFKA_VERSION@", version)
+    digest = hashlib.sha256(pom_text.encode()).hexdigest()
+    marker = cdir / _MARKER
+    jars_dir = cdir / "jars"
+
+    def cached() -> Optional[List[Path]]:
+        try:
+            if marker.read_text().strip() != digest:
+                return None
+        except OSError:
+            return None
+        jars = sorted(jars_dir.glob("*.jar"))
+        return jars or None
+
+    jars = cached()
+    if jars:
+        return jars
+    with open(cdir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        jars = cached()  # someone else may have finished while we waited
+        if jars:
+            return jars
+        with contextlib.suppress(FileNotFoundError):
+            marker.unlink()
+        (cdir / "pom.xml").write_text(pom_text)
+        tmp_jars = cdir / "jars.partial"
+        shutil.rmtree(tmp_jars, ignore_errors=True)
+        cmd = [
+            _find_mvn(), "-q", "-B", "-f", str(cdir / "pom.xml"),
+            f"-Dmaven.repo.local={cdir / 'm2'}",
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={tmp_jars}",
+            "-DincludeScope=runtime",
+        ]
+        try:
+            proc = subprocess.run(cmd, cwd=cdir, stdin=subprocess.DEVNULL, capture_output=True,
+                                  text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as e:
+            raise RuntimeError(f"Maven did not resolve Kafka {version} within {timeout:.0f}s") from e
+        if proc.returncode != 0:
+            out = (proc.stdout + proc.stderr)[-4000:]
+            raise RuntimeError(f"Maven failed to resolve Kafka {version} (exit {proc.returncode}):\n{out}")
+        if not any(tmp_jars.glob("kafka_2.13-*.jar")):
+            raise RuntimeError(f"Maven finished but {tmp_jars} holds no kafka_2.13 jar")
+        shutil.rmtree(jars_dir, ignore_errors=True)
+        tmp_jars.rename(jars_dir)
+        marker.write_text(digest + "\n")
+    return sorted(jars_dir.glob("*.jar"))
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port the OS considers free right now on ``host`` (racy by nature, good enough)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _kafka_uuid() -> str:
+    """A Kafka ``Uuid`` string (url-safe base64 of 16 random bytes, no padding).
+
+    Kafka's own generator avoids ids whose text starts with '-' (they look like CLI flags).
+    """
+    while True:
+        s = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not s.startswith("-"):
+            return s
+
+
+def _tail(path: Path, limit: int = 4000) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - limit))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return "<no log>"
+
+
+_LOG4J2_XML = """<?xml version="1.0" encoding="UTF-8"?>
+<!-- Written by runwire.deploy.local.kafka: broker logs go to a file, never to our stdout. -->
+<Configuration status="WARN">
+  <Appenders>
+    <File name="file" fileName="{log}" append="true">
+      <PatternLayout pattern="[%d] %p %m (%c)%n"/>
+    </File>
+  </Appenders>
+  <Loggers>
+    <Logger name="state.change.logger" level="WARN"/>
+    <Logger name="kafka.request.logger" level="WARN"/>
+    <Logger name="kafka.log.LogCleaner" level="WARN"/>
+    <Logger name="org.apache.kafka.common.utils.AppInfoParser" level="WARN"/>
+    <Logger name="org.apache.kafka.common.config.AbstractConfig" level="WARN"/>
+    <Root level="{level}">
+      <AppenderRef ref="file"/>
+    </Root>
+  </Loggers>
+</Configuration>
+"""
+
+
+# --------------------------------------------------------------------------------------------
+# The broker
+# --------------------------------------------------------------------------------------------
+
+
+class KafkaServer:
+    """One Kafka broker+controller (KRaft) in a child JVM, on 127.0.0.1.
+
+    Parameters:
+        data_dir: where the broker keeps its log segments, config and log file. Default: a new
+            temporary directory, deleted by ``close()`` / leaving the ``with`` block (``stop()``
+            keeps it, so ``restart()`` keeps the data). A directory that was formatted before is
+            reused as is (data kept).
+        port: client (PLAINTEXT) port. Default: a free port chosen by the OS, kept for restarts.
+        controller_port: KRaft controller port. Default: a free port, kept for restarts.
+        num_partitions: partitions of auto-created topics (``num.partitions``). Default 1.
+        auto_create_topics: ``auto.create.topics.enable``. Default True, Kafka's own default, so
+            the broker behaves like a stock one; runwire creates its topics explicitly anyway.
+        heap: JVM heap (``-Xmx``). Default ``"512m"``.
+        extra_config: further ``server.properties`` entries, overriding ours.
+        version: Kafka version to resolve from Maven Central. Default ``KAFKA_VERSION``.
+        cache_dir: jar cache; see ``resolve_kafka_jars``.
+    """
+
+    def __init__(self, data_dir: Optional[os.PathLike] = None, port: Optional[int] = None,
+                 controller_port: Optional[int] = None, *, num_partitions: int = 1,
+                 auto_create_topics: bool = True, heap: str = "512m",
+                 extra_config: Optional[Dict[str, object]] = None,
+                 version: str = KAFKA_VERSION, cache_dir: Optional[os.PathLike] = None) -> None:
+        self._owns_dir = data_dir is None
+        self.data_dir = Path(data_dir) if data_dir is not None else Path(tempfile.mkdtemp(prefix="runwire-kafka-"))
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = self.data_dir.resolve()
+        self.port = port or free_port()
+        self.controller_port = controller_port or free_port()
+        while self.controller_port == self.port:
+            self.controller_port = free_port()
+        self.num_partitions = num_partitions
+        self.auto_create_topics = auto_create_topics
+        self.heap = heap
+        self.extra_config = dict(extra_config or {})
+        self.version = version
+        self.cache_dir = cache_dir
+        self._proc: Optional[subprocess.Popen] = None
+        self._stdout = None
+
+    # ---- public properties ----
+
+    @property
+    def bootstrap(self) -> str:
+        """``"127.0.0.1:PORT"``, for ``bootstrap_servers``."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        """The broker's log4j log file (INFO and up)."""
+        return self.data_dir / "broker.log"
+
+    @property
+    def stdout_path(self) -> Path:
+        """The JVM's stdout/stderr (JVM errors before logging is up land here)."""
+        return self.data_dir / "jvm.out"
+
+    @property
+    def logs_dir(self) -> Path:
+        """Kafka's ``log.dirs`` (topic data and KRaft metadata)."""
+        return self.data_dir / "kafka-logs"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self._proc.pid if self._proc is not None else None
+
+    # ---- configuration ----
+
+    def _server_properties(self) -> Dict[str, object]:
+        props: Dict[str, object] = {
+            "process.roles": "broker,controller",
+            "node.id": 1,
+            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
+            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "log.dirs": str(self.logs_dir),
+            "num.partitions": self.num_partitions,
+            "default.replication.factor": 1,
+            "min.insync.replicas": 1,
+            "auto.create.topics.enable": str(self.auto_create_topics).lower(),
+            # Single node: internal topics cannot have 3 replicas.
+            "offsets.topic.replication.factor": 1,
+            "offsets.topic.num.partitions": 5,  # 50 by default: slow to create on 2 cores
+            "transaction.state.log.replication.factor": 1,
+            "transaction.state.log.min.isr": 1,
+            "transaction.state.log.num.partitions": 5,
+            "share.coordinator.state.topic.replication.factor": 1,
+            "share.coordinator.state.topic.min.isr": 1,
+            "group.initial.rebalance.delay.ms": 0,
+            # Small machines: fewer threads than the server defaults.
+            "num.network.threads": 2,
+            "num.io.threads": 4,
+            "background.threads": 4,
+            "num.recovery.threads.per.data.dir": 1,
+            "log.cleaner.threads": 1,
+            "log.cleaner.dedupe.buffer.size": 8 * 1024 * 1024,
+            # Faster shutdown/restart of a single node.
+            "controlled.shutdown.enable": "true",
+            "broker.heartbeat.interval.ms": 500,
+            "broker.session.timeout.ms": 9000,
+            "delete.topic.enable": "true",
+        }
+        props.update(self.extra_config)
+        return props
+
+    def _write_config(self) -> Path:
+        path = self.data_dir / "server.properties"
+        lines = ["# Written by runwire.deploy.local.kafka; rewritten on every start."]
+        lines += [f"{k}={v}" for k, v in self._server_properties().items()]
+        path.write_text("\n".join(lines) + "\n")
+        (self.data_dir / "log4j2.xml").write_text(
+            _LOG4J2_XML.format(log=str(self.log_path).replace("&", "&amp;").replace('"', "&quot;"),
+                               level=os.environ.get("RUNWIRE_KAFKA_LOG_LEVEL", "INFO")))
+        return path
+
+    def _java_cmd(self, jars: List[Path], main: str, *args: str, heap: Optional[str] = None) -> List[str]:
+        return [
+            _find_java(),
+            f"-Xmx{heap or self.heap}", "-Xms64m", "-Xss1m",
+            "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:+ExitOnOutOfMemoryError",
+            "-XX:TieredStopAtLevel=1",  # C1 only: much less JIT CPU at start-up on 2 cores
+            "-Djava.awt.headless=true",
+            "-Dlog4j.shutdownHookEnabled=false",  # else a second context warns on stderr at exit
+            "-Djava.net.preferIPv4Stack=true",
+            f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.xml'}",
+            f"-Dkafka.logs.dir={self.data_dir}",
+            "-cp", os.pathsep.join(str(j) for j in jars),
+            main, *args,
+        ]
+
+    def _format_storage(self, jars: List[Path], config: Path) -> None:
+        if (self.logs_dir / "meta.properties").exists():
+            return  # formatted before: keep the data
+        cluster_id = _kafka_uuid()
+        cmd = self._java_cmd(jars, "kafka.tools.StorageTool", "format", "-t", cluster_id,
+                             "-c", str(config), heap="256m")
+        proc = subprocess.run(cmd, cwd=self.data_dir, stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            raise RuntimeError(f"formatting Kafka storage in {self.logs_dir} failed "
+                               f"(exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-4000:]}")
+
+    # ---- lifecycle ----
+
+    def start(self, timeout: float = 120.0) -> "KafkaServer":
+        """Start the broker and wait until it really accepts produce (acks=all) and fetch.
+
+        Resolves the jars first if needed (not counted in ``timeout``). Raises ``RuntimeError``
+        with the tail of the broker log when it exits or is not ready within ``timeout`` seconds;
+        the process is stopped in that case.
+        """
+        if self.running:
+            return self
+        jars = resolve_kafka_jars(self.version, self.cache_dir)
+        config = self._write_config()
+        self._format_storage(jars, config)
+        self._stdout = open(self.stdout_path, "ab")
+        self._proc = subprocess.Popen(
+            self._java_cmd(jars, "kafka.Kafka", str(config)),
+            cwd=self.data_dir, stdin=subprocess.DEVNULL, stdout=self._stdout,
+            stderr=subprocess.STDOUT, start_new_session=True,  # own process group
+        )
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _failure(self, why: str) -> RuntimeError:
+        return RuntimeError(
+            f"Kafka broker on {self.bootstrap} {why}.\n"
+            f"--- tail of {self.log_path} ---\n{_tail(self.log_path)}\n"
+            f"--- tail of {self.stdout_path} ---\n{_tail(self.stdout_path, 2000)}"
+        )
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last_error: Optional[BaseException] = None
+        while True:
+            if self._proc is None or self._proc.poll() is not None:
+                code = self._proc.returncode if self._proc is not None else None
+                raise self._failure(f"exited with code {code} during start-up")
+            if time.monotonic() >= deadline:
+                raise self._failure(f"was not ready after {timeout:.0f}s (last probe error: {last_error!r})")
+            if not self._port_open():
+                time.sleep(0.2)
+                continue
+            try:
+                self._probe(min(15.0, max(1.0, deadline - time.monotonic())))
+                return
+            except (ImportError, TypeError) as e:
+                raise self._failure(f"could not be probed: {e!r}") from e
+            except Exception as e:  # noqa: BLE001 - any failure means "not ready yet"
+                if type(e).__name__ == "KafkaConfigurationError":  # our bug, not readiness
+                    raise
+                last_error = e
+                time.sleep(0.3)
+
+    def _port_open(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def _probe(self, budget: float) -> None:
+        """Create the probe topic, produce one record with acks=all and fetch it back."""
+        from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+        from kafka.admin import NewTopic
+        from kafka.errors import TopicAlreadyExistsError
+
+        ms = int(budget * 1000)
+        common = dict(bootstrap_servers=self.bootstrap, client_id="runwire-probe",
+                      request_timeout_ms=max(ms, 2000), reconnect_backoff_ms=100,
+                      reconnect_backoff_max_ms=500, bootstrap_timeout_ms=max(ms, 2000))
+        admin = KafkaAdminClient(**common)
+        try:
+            try:
+                admin.create_topics([NewTopic(_PROBE_TOPIC, 1, 1)], timeout_ms=ms)
+            except TopicAlreadyExistsError:
+                pass
+        finally:
+            admin.close()
+        value = uuid.uuid4().hex.encode()
+        producer = KafkaProducer(acks="all", max_block_ms=ms, linger_ms=0, retries=5,
+                                 retry_backoff_ms=100, **common)
+        try:
+            meta = producer.send(_PROBE_TOPIC, value=value, partition=0).get(timeout=budget)
+        finally:
+            producer.close(timeout=2)
+        tp = TopicPartition(_PROBE_TOPIC, 0)
+        consumer = KafkaConsumer(group_id=None, enable_auto_commit=False, fetch_max_wait_ms=100,
+                                 **common)
+        try:
+            consumer.assign([tp])
+            consumer.seek(tp, meta.offset)
+            deadline = time.monotonic() + budget
+            while time.monotonic() < deadline:
+                for records in consumer.poll(timeout_ms=200).values():
+                    if any(r.value == value for r in records):
+                        return
+            raise TimeoutError("probe record was produced but not fetched back")
+        finally:
+            consumer.close()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM the broker's process group, wait up to ``timeout``, then SIGKILL.
+
+        Keeps the data. Safe to call twice, and when the broker never started.
+        """
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+            # The JVM is the group leader; make sure nothing else of the group survives.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        if self._stdout is not None:
+            self._stdout.close()
+            self._stdout = None
+
+    def kill(self) -> None:
+        """SIGKILL the broker at once (a crash, for fault tests). Data kept; ``start()`` recovers."""
+        if self._proc is not None and self._proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+        self.stop()
+
+    def restart(self, timeout: float = 120.0) -> "KafkaServer":
+        """Stop, then start again on the same ports and the same data directory."""
+        self.stop()
+        return self.start(timeout)
+
+    def close(self) -> None:
+        """Stop, and delete the data directory if this object created it."""
+        self.stop()
+        if self._owns_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> "KafkaServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"KafkaServer(bootstrap={self.bootstrap!r}, data_dir={str(self.data_dir)!r}, {state})"
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m runwire.deploy.local.kafka",
+        description="Run a single-node Apache Kafka broker (KRaft) on 127.0.0.1 in the foreground.")
+    parser.add_argument("--data-dir", help="broker data directory (default: a temporary one, deleted at exit)")
+    parser.add_argument("--port", type=int, default=None, help="client port (default: a free one)")
+    parser.add_argument("--controller-port", type=int, default=None)
+    parser.add_argument("--partitions", type=int, default=1, help="num.partitions for auto-created topics")
+    parser.add_argument("--timeout", type=float, default=120.0)
+    args = parser.parse_args(argv)
+    server = KafkaServer(args.data_dir, args.port, args.controller_port, num_partitions=args.partitions)
+    t0 = time.monotonic()
+    # SIGTERM -> KeyboardInterrupt path, so the broker is stopped either way.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        server.start(args.timeout)
+        print(f"Kafka {server.version} ready in {time.monotonic() - t0:.1f}s", file=sys.stderr)
+        print(f"bootstrap: {server.bootstrap}", flush=True)
+        print(f"log:       {server.log_path}", file=sys.stderr)
+        print("Ctrl-C to stop.", file=sys.stderr, flush=True)
+        while server.running:
+            time.sleep(0.5)
+        print("broker exited", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        server.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

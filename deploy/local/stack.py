@@ -1,0 +1,115 @@
+"""A whole runwire stack on one machine: ClickHouse (chDB server), optionally Kafka, the
+gateway and an ingest worker. Used by `runwire up`, `runwire demo` and the end-to-end tests.
+
+Kafka comes from RUNWIRE_KAFKA_BOOTSTRAP when set, else from a local broker when `kafka=True`;
+without Kafka the gateway hands batches straight to the ingest writer (direct mode).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+from runwire.deploy.local.clickhouse import ClickHouseServer
+
+
+class LocalStack:
+    def __init__(self, data_dir: str | None = None, kafka: bool = False, gateway_listen: str = "127.0.0.1:0",
+                 clickhouse_url: str | None = None, kafka_bootstrap: str | None = None,
+                 database: str = "runwire", topic_prefix: str = "runwire.", group_id: str = "runwire-ingest") -> None:
+        self._own_dir = data_dir is None
+        self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="runwire-stack-"))
+        self.kafka_bootstrap = kafka_bootstrap or os.environ.get("RUNWIRE_KAFKA_BOOTSTRAP") or None
+        self.want_local_kafka = kafka and not self.kafka_bootstrap
+        self.clickhouse_url = clickhouse_url or os.environ.get("RUNWIRE_CLICKHOUSE_URL") or None
+        self.gateway_listen = gateway_listen
+        self.database = database
+        self.topic_prefix = topic_prefix
+        self.group_id = group_id
+        self.clickhouse: ClickHouseServer | None = None
+        self.kafka = None
+        self.gateway = None
+        self.worker = None
+        self._worker_thread: threading.Thread | None = None
+
+    @property
+    def mode(self) -> str:
+        return "kafka" if (self.kafka_bootstrap or self.want_local_kafka) else "direct"
+
+    def start(self) -> "LocalStack":
+        from runwire.ingest.gateway import GatewayConfig, create_gateway
+
+        try:
+            if self.clickhouse_url is None:
+                self.clickhouse = ClickHouseServer(data_dir=self.data_dir / "clickhouse").start()
+                self.clickhouse_url = self.clickhouse.url
+            if self.want_local_kafka:
+                from runwire.deploy.local.kafka import KafkaServer
+
+                self.kafka = KafkaServer(data_dir=self.data_dir / "kafka").start()
+                self.kafka_bootstrap = self.kafka.bootstrap
+            if self.mode == "kafka":
+                self.start_worker()
+            config = GatewayConfig.from_settings(
+                listen=self.gateway_listen, mode=self.mode, kafka_bootstrap=self.kafka_bootstrap or "",
+                clickhouse_url=self.clickhouse_url, clickhouse_database=self.database, topic_prefix=self.topic_prefix)
+            self.gateway = create_gateway(config).start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def start_worker(self):
+        """Start (or restart) the ingest worker thread; fault tests call this after a kill."""
+        from runwire.ingest.worker import IngestConfig, create_worker
+
+        config = IngestConfig.from_settings(
+            kafka_bootstrap=self.kafka_bootstrap, clickhouse_url=self.clickhouse_url,
+            clickhouse_database=self.database, topic_prefix=self.topic_prefix, group_id=self.group_id)
+        self.worker = create_worker(config)
+        self._worker_thread = threading.Thread(target=self.worker.run, name="runwire-ingest", daemon=True)
+        self._worker_thread.start()
+        return self.worker
+
+    def stop_worker(self, timeout: float = 30.0) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+            self._worker_thread.join(timeout)
+            self.worker = None
+
+    def client(self):
+        from runwire.storage.client import connect
+
+        return connect(self.clickhouse_url, self.database)
+
+    def describe(self) -> str:
+        lines = [f"gateway:    {self.gateway.address}  (set RUNWIRE_GATEWAY={self.gateway.address})",
+                 f"mode:       {self.mode}",
+                 f"clickhouse: {self.clickhouse_url}  database {self.database}"]
+        if self.kafka_bootstrap:
+            lines.append(f"kafka:      {self.kafka_bootstrap}")
+        return "\n".join(lines)
+
+    def stop(self) -> None:
+        """Stop everything this stack started, in reverse order. Safe to call twice."""
+        if self.gateway is not None:
+            self.gateway.stop()
+            self.gateway = None
+        self.stop_worker()
+        if self.kafka is not None:
+            self.kafka.stop()
+            self.kafka = None
+        if self.clickhouse is not None:
+            self.clickhouse.stop()
+            self.clickhouse = None
+        if self._own_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> "LocalStack":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

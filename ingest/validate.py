@@ -16,6 +16,8 @@ MAX_NAME_LEN = 256
 MAX_KEY_LEN = 256
 MAX_VALUE_LEN = 8192
 MAX_ROWS = 1_000_000
+MAX_INT32 = 2**31 - 1
+MAX_INT64 = 2**63 - 1
 
 
 class InvalidEnvelope(ValueError):
@@ -67,6 +69,11 @@ def validate(envelope: pb.Envelope) -> None:
     _check_text("identity.run_id", ident.run_id, 1, MAX_ID_LEN)
     _check_text("identity.stream_id", ident.stream_id, 1, MAX_ID_LEN)
     _check_text("identity.host", ident.host, 0, 255)
+    for name in ("rank", "local_rank", "node_rank", "world_size", "pid"):
+        if getattr(ident, name) > MAX_INT32:  # stored as Avro int
+            raise InvalidEnvelope(f"identity.{name}: {getattr(ident, name)} is above {MAX_INT32}")
+    if envelope.seq > MAX_INT64:
+        raise InvalidEnvelope(f"seq: {envelope.seq} is above {MAX_INT64}")
     if ident.world_size and ident.rank >= ident.world_size:
         raise InvalidEnvelope(f"identity.rank: {ident.rank} is not below world_size {ident.world_size}")
 
@@ -87,12 +94,17 @@ def validate(envelope: pb.Envelope) -> None:
         for name in ("pci_bus_ids", "gpu_indexes", "gpu_names"):
             if len(getattr(g, name)) != n_gpus:
                 raise InvalidEnvelope(f"gpu.{name}: has {len(getattr(g, name))} entries, gpu.gpu_uuids has {n_gpus}")
+        if g.gpu_indexes and max(g.gpu_indexes) > 65535:
+            raise InvalidEnvelope(f"gpu.gpu_indexes: {max(g.gpu_indexes)} is above 65535")
         if g.gpu_ref and max(g.gpu_ref) >= n_gpus:
             raise InvalidEnvelope(f"gpu.gpu_ref: {max(g.gpu_ref)} points past {n_gpus} GPUs")
     elif body == "run_start":
         _check_text("run_start.name", envelope.run_start.name, 0, MAX_NAME_LEN)
         _check_map("run_start.params", envelope.run_start.params)
         _check_map("run_start.tags", envelope.run_start.tags)
+    elif body == "run_end":
+        for key in envelope.run_end.summary:
+            _check_text(f"run_end.summary key {key[:40]!r}", key, 1, MAX_KEY_LEN)
     elif body == "params":
         _check_map("params.params", envelope.params.params)
     elif body == "tags":

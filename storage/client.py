@@ -12,7 +12,7 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 def check_identifier(name: str, what: str = "identifier") -> str:
     """Database and table names cannot be query parameters in DDL, so they are validated instead."""
-    if not _IDENTIFIER.match(name):
+    if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name):  # match() would let "x\n" through
         raise ValueError(f"{what} {name!r} must match {_IDENTIFIER.pattern}")
     return name
 

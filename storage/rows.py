@@ -108,12 +108,14 @@ def run_event_rows(records: Iterable[dict]) -> dict[str, list[list]]:
         key = (r["project"], r["run_id"])
         if kind == "RunStart":
             start = body["start_time_ns"]
+            # The run rows are versioned by the emitter's clock, so a RunStart resent after the
+            # RunEnd cannot set a finished run back to RUNNING.
             rank_row = [*key, r["rank"], r["local_rank"], r["node_rank"], r["world_size"], r["host"], r["pid"],
-                        r["stream_id"], "RUNNING", start, None, None, {}, updated]
+                        r["stream_id"], "RUNNING", start, None, None, {}, start]
             out["run_ranks"].append(rank_row)
             if r["rank"] == 0:
                 out["runs"].append([*key, body["name"], "RUNNING", start, None, None, body["git_commit"],
-                                    body["launcher"], r["world_size"], {}, updated])
+                                    body["launcher"], r["world_size"], {}, start])
             out["params"].extend([*key, k, v, updated] for k, v in body["params"].items())
             out["tags"].extend([*key, k, v, updated] for k, v in body["tags"].items())
         elif kind == "Params":
@@ -125,7 +127,8 @@ def run_event_rows(records: Iterable[dict]) -> dict[str, list[list]]:
             # The end row restates what the start row said; the start fields are filled at
             # write time from the stored row (see writer.RUN_END_MERGE).
             out.setdefault("run_ends", []).append(
-                [*key, r["rank"], status, body["end_time_ns"], body["exit_code"], body["summary"], updated])
+                [*key, r["rank"], status, body["end_time_ns"], body["exit_code"], body["summary"],
+                 max(body["end_time_ns"], updated)])
     return out
 
 

@@ -45,7 +45,7 @@ CREATE TABLE IF NOT EXISTS gpu_samples
 )
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMMDD(ts)
-ORDER BY (project, run_id, host, gpu_uuid, ts);
+ORDER BY (project, run_id, host, gpu_uuid, ts, rank);
 
 -- One row per run, written from rank 0's start and end; the newest version wins.
 CREATE TABLE IF NOT EXISTS runs

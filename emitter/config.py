@@ -69,17 +69,19 @@ def build(cls: type[T], overrides: Mapping[str, Any] | None = None, env: Mapping
             try:
                 values[name] = _convert(env[env_name], _annotation(field.type))
             except ValueError as exc:
-                shown = "***" if field.metadata.get("secret") else repr(env[env_name])
-                errors.append(f"{env_name}={shown}: {exc}")
-    if errors:
-        raise ConfigError("; ".join(errors))
+                if field.metadata.get("secret"):
+                    # The conversion's message quotes the bad text (int(), the bool parser).
+                    errors.append(f"{env_name}=***: not a valid {_annotation(field.type)}")
+                else:
+                    errors.append(f"{env_name}={env[env_name]!r}: {exc}")
     try:
         instance = cls(**values)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(str(exc)) from None
+        raise ConfigError("; ".join(errors + [str(exc)])) from None
+    # Range checks run even when other settings were bad, so every error is reported at once.
     check = getattr(instance, "problems", None)
     if check is not None:
-        problems = check()
-        if problems:
-            raise ConfigError("; ".join(problems))
+        errors.extend(check())
+    if errors:
+        raise ConfigError("; ".join(errors))
     return instance

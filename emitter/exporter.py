@@ -14,6 +14,7 @@ import os
 import threading
 import time
 import uuid
+from array import array
 from dataclasses import dataclass, field
 
 import grpc
@@ -137,6 +138,17 @@ class Exporter:
         self._control.append(body)
         self._wake.set()
 
+    def count_invalid_call(self, data, error: Exception) -> None:
+        """A log() call that could not be queued at all (not a mapping, or a bad step): its
+        values are counted as invalid."""
+        try:
+            n = max(1, len(data)) if isinstance(data, collections.abc.Mapping) else 1
+        except Exception:
+            n = 1
+        self.stats["invalid_values"] += n
+        self._once.warn(("call", type(error).__name__), "runwire: log() call skipped: %s (log() takes a "
+                        "mapping of names to numbers and an integer step)", error)
+
     # -- batcher ----------------------------------------------------------------------
     def _batch_loop(self) -> None:
         while True:
@@ -184,7 +196,7 @@ class Exporter:
             return
         try:
             number = float(value)  # int, float, bool, numpy scalars, 0-d tensors
-        except (TypeError, ValueError):
+        except Exception:  # also OverflowError (10**400) and whatever a __float__ raises
             self.stats["invalid_values"] += 1
             self._once.warn(("value", name), "runwire: value of %r is not a number (%s); such values are "
                             "counted and skipped", name, type(value).__name__)
@@ -260,7 +272,8 @@ class Exporter:
                     self._requests(conn), metadata=metadata)
                 conn.call = call
                 for ack in call:
-                    attempt = 0
+                    if ack.code in ("", "OK"):
+                        attempt = 0  # only progress resets the backoff, not a busy/unavailable answer
                     if not self._on_ack(conn, ack):
                         call.cancel()
                         break
@@ -333,6 +346,13 @@ class Exporter:
         self._draining = True
         self._wake.set()
         self._batcher.join(max(0.0, deadline - time.monotonic()))
+        if self._batcher.is_alive():
+            # Still waiting for spool space at the deadline: stop waiting, so its last pass puts
+            # the queue in the spool before RunEnd and before this returns (nothing written later).
+            # The deadline has passed, so the sender stops reconnecting too.
+            self._closing = True
+            self._stop.set()
+            self._batcher.join(10)
         if run_end is not None:
             for key, value in self.summary().items():
                 run_end.summary[key] = value
@@ -385,16 +405,17 @@ class Exporter:
 
 
 class _MetricBuilder:
-    """Columns of one MetricBatch, built with plain lists and handed to protobuf at once."""
+    """Columns of one MetricBatch in packed arrays (no Python object per value), handed to
+    protobuf at once."""
 
     __slots__ = ("names", "name_index", "steps", "timestamps", "values")
 
     def __init__(self) -> None:
         self.names: dict[str, int] = {}
-        self.name_index: list[int] = []
-        self.steps: list[int] = []
-        self.timestamps: list[int] = []
-        self.values: list[float] = []
+        self.name_index = array("I")
+        self.steps = array("q")
+        self.timestamps = array("q")
+        self.values = array("d")
 
     def add(self, name: str, value: float, step: int, ts: int) -> None:
         index = self.names.get(name)

@@ -50,12 +50,16 @@ def run_id_from_env(env: Mapping[str, str], project: str) -> tuple[str, str]:
     # torchrun's default rendezvous id is the literal "none": not a job identity.
     if env.get("TORCHELASTIC_RUN_ID") and env["TORCHELASTIC_RUN_ID"] != "none":
         return _derived("torchrun", project, env["TORCHELASTIC_RUN_ID"], env.get("MASTER_ADDR", "")), "torchrun"
+    # MPI before SLURM: under `mpirun` in an sbatch script, ranks on the first node inherit the
+    # batch script's SLURM_* and the others those of the srun step that started their daemon, so
+    # only the MPI job id is shared. Only job-wide values: PMIX_SERVER_URI* is the URI of this
+    # node's PMIx server and differs between nodes.
+    for name in ("PMIX_NAMESPACE", "OMPI_MCA_ess_base_jobid", "OMPI_MCA_orte_ess_jobid"):
+        if env.get(name):
+            return _derived("mpi", project, env[name]), "mpi"
     if env.get("SLURM_JOB_ID"):
         job = env.get("SLURM_ARRAY_JOB_ID", env["SLURM_JOB_ID"]) + "_" + env.get("SLURM_ARRAY_TASK_ID", "")
         return _derived("slurm", project, env.get("SLURM_CLUSTER_NAME", ""), job, env.get("SLURM_STEP_ID", "")), "slurm"
-    for name in ("PMIX_NAMESPACE", "OMPI_MCA_ess_base_jobid", "OMPI_MCA_orte_ess_jobid"):
-        if env.get(name):
-            return _derived("mpi", project, env.get("PMIX_SERVER_URI2", ""), env[name]), "mpi"
     if env.get("TORCHELASTIC_RUN_ID") == "none" and env.get("MASTER_ADDR") and env.get("MASTER_PORT"):
         # torchrun without --rdzv-id: the rendezvous endpoint plus the restart count is the best
         # shared identity there is; set RUNWIRE_RUN_ID or --rdzv-id for certainty.
@@ -69,9 +73,18 @@ def layout_from_env(env: Mapping[str, str] | None = None, project: str = "", run
     derived_id, launcher = run_id_from_env(env, project)
     if run_id:
         derived_id, launcher = run_id, "explicit"
-    rank = _first_int(env, ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"), 0)
-    local_rank = _first_int(env, ("LOCAL_RANK", "SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID"), 0)
-    node_rank = _first_int(env, ("GROUP_RANK", "NODE_RANK", "SLURM_NODEID", "OMPI_COMM_WORLD_NODE_RANK"), 0)
-    world_size = _first_int(env, ("WORLD_SIZE", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"), 1)
+    # Innermost launcher first: SLURM_* seen by an mpirun-started rank describe the batch script
+    # or the daemon's srun step, not this process.
+    rank = _first_int(env, ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"), 0)
+    local_rank = _first_int(env, ("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"), 0)
+    world_size = _first_int(env, ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS"), 1)
+    node_rank = _first_int(env, ("GROUP_RANK", "NODE_RANK"), -1)
+    if node_rank < 0 and "OMPI_COMM_WORLD_RANK" in env:
+        # Open MPI exports no node index (OMPI_COMM_WORLD_NODE_RANK is a process index on the
+        # node); with the default by-slot/ppr rank placement the node is rank // ranks-per-node.
+        local_size = _first_int(env, ("OMPI_COMM_WORLD_LOCAL_SIZE",), 0)
+        node_rank = rank // local_size if local_size > 0 else -1
+    if node_rank < 0:
+        node_rank = _first_int(env, ("SLURM_NODEID",), 0)
     host = env.get("RUNWIRE_HOST") or socket.gethostname()
     return Layout(derived_id, launcher, rank, local_rank, node_rank, world_size, host)

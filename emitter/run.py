@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import operator
 import os
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from runwire.proto import telemetry_pb2 as pb
 log = logging.getLogger("runwire")
 
 _live_runs: "weakref.WeakSet[Run]" = weakref.WeakSet()
+_MIN_STEP, _MAX_STEP = -(1 << 63), (1 << 63) - 1
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -106,17 +108,24 @@ class Run:
         bounded queue. step: defaults to one more than the last step logged."""
         if self._inert:
             return
-        if step is None:
-            step = self._step
-            self._step = step + 1
-        else:
-            self._step = step + 1
+        try:
+            snapshot = dict(data)
+            # The step goes into an int64 column: anything else would fail the whole batch later.
+            step = self._step if step is None else operator.index(step)
+            if not _MIN_STEP <= step <= _MAX_STEP:
+                raise ValueError(f"step {step} is outside the int64 range")
+        except Exception as exc:  # not a mapping, or a step that is not an integer
+            if self.settings.strict:
+                raise TypeError(f"runwire strict mode: bad log() call: {exc}") from None
+            self._exporter.count_invalid_call(data, exc)
+            return
+        self._step = step + 1
         points = self._points
         if len(points) == points.maxlen:
             self._exporter.dropped += 1
         if self.settings.strict:
-            _check_numbers(data)
-        points.append((time.time_ns(), step, dict(data)))
+            _check_numbers(snapshot)
+        points.append((time.time_ns(), step, snapshot))
 
     def log_metric(self, key: str, value: float, step: int | None = None) -> None:
         self.log({key: value}, step=step)
@@ -203,7 +212,7 @@ def _check_numbers(data: Mapping[str, Any]) -> None:
     for key, value in data.items():
         try:
             float(value)
-        except (TypeError, ValueError):
+        except Exception:  # TypeError, ValueError, OverflowError, or whatever a __float__ raises
             raise TypeError(f"runwire strict mode: value of {key!r} is {type(value).__name__}, not a number") from None
 
 

@@ -1,0 +1,49 @@
+# runwire: `make demo` runs the embedded demo, `make test` the whole suite, on a fresh clone.
+PY ?= python3
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+BENCH_STAMP := $(VENV)/.bench-stamp
+PYTEST_ARGS ?=
+
+.PHONY: install kafka-jars test test-unit demo up proto bench-emitter clean
+
+$(STAMP): pyproject.toml
+	test -x $(PYTHON) || $(PY) -m venv $(VENV)
+	$(PYTHON) -m pip install -q --upgrade pip
+	$(PYTHON) -m pip install -q -e ".[server,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The peers we compare against (wandb, MLflow) only for benchmarks.
+$(BENCH_STAMP): $(STAMP)
+	$(PYTHON) -m pip install -q -e ".[server,dev,bench]"
+	touch $(BENCH_STAMP)
+
+# Apache Kafka's jars from Maven Central into ~/.cache/runwire (reused by later runs).
+kafka-jars: install
+	$(PYTHON) -m runwire.deploy.local.kafka --resolve-only
+
+test: install kafka-jars
+	mkdir -p build
+	RUNWIRE_REQUIRE_INFRA=1 $(PYTHON) -m pytest tests -ra --junitxml=build/test-results.xml $(PYTEST_ARGS)
+
+test-unit: install
+	$(PYTHON) -m pytest tests/unit -ra $(PYTEST_ARGS)
+
+demo: install
+	$(VENV)/bin/runwire demo
+
+up: install
+	$(VENV)/bin/runwire up
+
+proto: install
+	PYTHON=$(PYTHON) scripts/gen_proto.sh
+
+bench-emitter: $(BENCH_STAMP)
+	mkdir -p build/bench
+	$(PYTHON) bench/emitter.py --out build/bench/emitter.json
+
+clean:
+	rm -rf build $(VENV)

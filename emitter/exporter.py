@@ -29,6 +29,7 @@ log = logging.getLogger("runwire")
 
 STREAM_METHOD = "/runwire.v1.Telemetry/Stream"
 MAX_NAME_LEN = 256  # metric names longer than this, or empty, are rejected (see README)
+_DELIVERY_KEYS = frozenset({"runwire.acked", "runwire.unacked", "runwire.envelopes", "runwire.rejected"})
 PERMANENT_ACK_CODES = frozenset({"INVALID_ARGUMENT", "UNAUTHENTICATED", "PERMISSION_DENIED"})
 
 
@@ -114,6 +115,7 @@ class Exporter:
         self._cond = threading.Condition()
         self._seq = 0
         self._passes = 0  # completed batcher passes, for flush()
+        self._auth_failed = False
         self._entries: dict[int, bytes | None] = {}  # unacked: payload in memory, or None = on disk
         self._memory_bytes = 0
         self._conn: _Connection | None = None
@@ -281,6 +283,11 @@ class Exporter:
                 if self._closing:
                     return
                 code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
+                if code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+                    # Retrying cannot help: finish() spools at once instead of waiting it out.
+                    self._auth_failed = True
+                    with self._cond:
+                        self._cond.notify_all()
                 self._once.warn(("rpc", code), "runwire: gateway %s: %s (%s); keeping data and retrying",
                                 self.config.gateway, code, _details(exc))
             finally:
@@ -354,11 +361,14 @@ class Exporter:
             self._stop.set()
             self._batcher.join(10)
         if run_end is not None:
+            # Delivery counts are not final until after RunEnd itself: the stored summary leaves
+            # them out rather than record wrong ones.
             for key, value in self.summary().items():
-                run_end.summary[key] = value
+                if key not in _DELIVERY_KEYS:
+                    run_end.summary[key] = value
             self._emit(run_end=run_end)
         with self._cond:
-            self._cond.wait_for(lambda: not self._entries, max(0.0, deadline - time.monotonic()))
+            self._cond.wait_for(lambda: not self._entries or self._auth_failed, max(0.0, deadline - time.monotonic()))
             self._closing = True
             self._stop.set()
             if self._conn is not None:

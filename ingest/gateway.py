@@ -120,7 +120,6 @@ class TelemetryService:
             if self._pending >= self.config.max_pending:
                 return pb.Ack(seq=envelope.seq, code="RESOURCE_EXHAUSTED", message="gateway busy, retry")
             self._pending += 1
-        kind, key, value = codec.encode_envelope(envelope, time.time_ns())
         seq = envelope.seq
 
         def finished(error: Exception | None, code: str = "UNAVAILABLE") -> None:
@@ -133,7 +132,12 @@ class TelemetryService:
                 self.counters["failed"] += 1
                 done(pb.Ack(seq=seq, code=code, message=str(error)[:500]))
 
-        self.sink.submit(kind, key, value, finished)
+        try:
+            kind, key, value = codec.encode_envelope(envelope, time.time_ns())
+            self.sink.submit(kind, key, value, finished)
+        except Exception as exc:  # never leak the pending slot or leave the envelope unanswered
+            log.exception("could not hand envelope %d to the sink", seq)
+            finished(exc, "INTERNAL")
         return None
 
     # -- RPCs -------------------------------------------------------------------------

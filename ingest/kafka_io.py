@@ -54,7 +54,7 @@ def make_producer(bootstrap: str, **settings) -> KafkaProducer:
         batch_size=1024 * 1024,
         max_request_size=MAX_MESSAGE_BYTES,
         max_block_ms=2000,  # a full buffer becomes RESOURCE_EXHAUSTED instead of a stuck call
-        delivery_timeout_ms=30000,
+        delivery_timeout_ms=120000,  # Kafka's default; must exceed linger + request timeout
         client_id="runwire",
     )
     config.update(settings)

@@ -53,8 +53,9 @@ def _tail(path: Path, limit: int = 4000) -> str:
 def _read_ports(path: Path) -> Optional[Tuple[int, int]]:
     """(http, tcp) from the ports file, or None while it is absent or half-written."""
     try:
-        fields = path.read_text().split()
-        if len(fields) == 2:
+        text = path.read_text()
+        fields = text.split()
+        if text.endswith("\n") and len(fields) == 2:  # a complete TabSeparated row
             http, tcp = int(fields[0]), int(fields[1])
             if http > 0 and tcp > 0:
                 return http, tcp

@@ -18,6 +18,11 @@ Usage::
 From a shell: ``python -m runwire.deploy.local.kafka`` runs a broker in the foreground and
 prints its bootstrap address.
 
+Process model: ``python -c <watchdog>`` -> ``java ... kafka.Kafka server.properties``, in their
+own process group. The watchdog holds a pipe from the Python process that started it and stops
+the JVM when that pipe closes, so a test run that is killed (SIGKILL, CI cancel) leaves no
+broker behind. Broker logs: ``<data_dir>/broker.log`` (log4j2), JVM output: ``jvm.out``.
+
 Requirements: ``java`` (17+) and, for the first resolve only, ``mvn`` on PATH (or ``JAVA_HOME``
 / ``RUNWIRE_MVN``).
 """
@@ -192,6 +197,8 @@ _LOG4J2_XML = """<?xml version="1.0" encoding="UTF-8"?>
     </File>
   </Appenders>
   <Loggers>
+    <!-- start() waits for this logger's "Kafka Server started": keep it at INFO. -->
+    <Logger name="kafka.server.KafkaRaftServer" level="INFO"/>
     <Logger name="state.change.logger" level="WARN"/>
     <Logger name="kafka.request.logger" level="WARN"/>
     <Logger name="kafka.log.LogCleaner" level="WARN"/>
@@ -202,6 +209,32 @@ _LOG4J2_XML = """<?xml version="1.0" encoding="UTF-8"?>
     </Root>
   </Loggers>
 </Configuration>
+"""
+
+
+# Runs the JVM (argv[1:]) and stops it when our stdin reaches EOF (the parent closed the pipe
+# or died) or on SIGTERM; exits with the JVM's status once the JVM is gone.
+_WATCHDOG = r"""
+import signal, subprocess, sys, threading
+jvm = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL)
+def stop(*_):
+    if jvm.poll() is None:
+        try:
+            jvm.terminate()
+        except OSError:
+            pass
+signal.signal(signal.SIGTERM, stop)
+signal.signal(signal.SIGINT, stop)
+def watch():
+    try:
+        while sys.stdin.buffer.read(4096):
+            pass
+    except Exception:
+        pass
+    stop()
+threading.Thread(target=watch, daemon=True).start()
+code = jvm.wait()
+sys.exit(code if code >= 0 else 128 - code)
 """
 
 
@@ -227,6 +260,10 @@ class KafkaServer:
         extra_config: further ``server.properties`` entries, overriding ours.
         version: Kafka version to resolve from Maven Central. Default ``KAFKA_VERSION``.
         cache_dir: jar cache; see ``resolve_kafka_jars``.
+
+    Environment: ``RUNWIRE_KAFKA_LOG_LEVEL`` (root level of the broker log, default INFO),
+    ``RUNWIRE_CACHE_DIR`` (jar cache root), ``JAVA_HOME`` / ``RUNWIRE_MVN``.
+    Topics: ``start()`` creates a one-partition probe topic ``_runwire_probe``.
     """
 
     def __init__(self, data_dir: Optional[os.PathLike] = None, port: Optional[int] = None,
@@ -238,6 +275,9 @@ class KafkaServer:
         self.data_dir = Path(data_dir) if data_dir is not None else Path(tempfile.mkdtemp(prefix="runwire-kafka-"))
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = self.data_dir.resolve()
+        self._auto_port = not port
+        self._auto_controller_port = not controller_port
+        self._started = False
         self.port = port or free_port()
         self.controller_port = controller_port or free_port()
         while self.controller_port == self.port:
@@ -314,11 +354,11 @@ class KafkaServer:
             "num.recovery.threads.per.data.dir": 1,
             "log.cleaner.threads": 1,
             "log.cleaner.dedupe.buffer.size": 8 * 1024 * 1024,
-            # Faster shutdown/restart of a single node.
-            "controlled.shutdown.enable": "true",
+            # After a crash (kill()), the restarted broker cannot register until the controller
+            # expires the old registration: broker.session.timeout.ms (9 s by default). 4 s
+            # still allows eight missed 500 ms heartbeats before a live broker gets fenced.
             "broker.heartbeat.interval.ms": 500,
-            "broker.session.timeout.ms": 9000,
-            "delete.topic.enable": "true",
+            "broker.session.timeout.ms": 4000,
         }
         props.update(self.extra_config)
         return props
@@ -372,45 +412,95 @@ class KafkaServer:
         if self.running:
             return self
         jars = resolve_kafka_jars(self.version, self.cache_dir)
-        config = self._write_config()
-        self._format_storage(jars, config)
-        self._stdout = open(self.stdout_path, "ab")
-        self._proc = subprocess.Popen(
-            self._java_cmd(jars, "kafka.Kafka", str(config)),
-            cwd=self.data_dir, stdin=subprocess.DEVNULL, stdout=self._stdout,
-            stderr=subprocess.STDOUT, start_new_session=True,  # own process group
-        )
-        try:
-            self._wait_ready(timeout)
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        # A port picked by free_port() can be taken by someone else before the JVM binds it;
+        # before the first successful start (nobody knows the address yet) pick new ones.
+        attempts = 1 if self._started or not (self._auto_port or self._auto_controller_port) else 3
+        for attempt in range(attempts):
+            config = self._write_config()
+            self._format_storage(jars, config)
+            log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+            self._stdout = open(self.stdout_path, "ab")
+            # The JVM runs under a small watchdog holding a pipe from us: if this process dies
+            # without stop() (SIGKILL, a killed CI job), the pipe closes and the watchdog stops
+            # the broker, so no orphaned JVM is left behind. Own process group for stop().
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", _WATCHDOG, *self._java_cmd(jars, "kafka.Kafka", str(config))],
+                cwd=self.data_dir, stdin=subprocess.PIPE, stdout=self._stdout,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )
+            try:
+                self._wait_ready(timeout, log_offset)
+            except RuntimeError:
+                self.stop(timeout=3)  # a JVM that failed to start can hang in shutdown for 15 s
+                if attempt + 1 < attempts and self._bind_failed_since(log_offset):
+                    if self._auto_port:
+                        self.port = free_port()
+                    if self._auto_controller_port:
+                        self.controller_port = free_port()
+                    continue
+                raise
+            except BaseException:
+                self.stop()
+                raise
+            self._started = True
+            return self
+        raise AssertionError("unreachable")
 
-    def _failure(self, why: str) -> RuntimeError:
+    def _errors_since(self, offset: int, limit: int = 12) -> List[str]:
+        """ERROR/FATAL lines (and their 'Caused by') the broker logged after ``offset``."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(offset)
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return []
+        keep = [line for line in text.splitlines()
+                if " ERROR " in line or " FATAL " in line or line.startswith("Caused by:")]
+        return keep[:limit]
+
+    def _logged_since(self, offset: int, needle: str) -> bool:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(offset)
+                return needle.encode() in f.read()
+        except OSError:
+            return False
+
+    def _bind_failed_since(self, offset: int) -> bool:
+        return any("Address already in use" in line for line in self._errors_since(offset, 1000))
+
+    def _failure(self, why: str, log_offset: int = 0) -> RuntimeError:
+        errors = "\n".join(self._errors_since(log_offset)) or "<none>"
         return RuntimeError(
             f"Kafka broker on {self.bootstrap} {why}.\n"
-            f"--- tail of {self.log_path} ---\n{_tail(self.log_path)}\n"
+            f"--- errors in {self.log_path} ---\n{errors}\n"
+            f"--- tail of {self.log_path} ---\n{_tail(self.log_path, 3000)}\n"
             f"--- tail of {self.stdout_path} ---\n{_tail(self.stdout_path, 2000)}"
         )
 
-    def _wait_ready(self, timeout: float) -> None:
+    def _wait_ready(self, timeout: float, log_offset: int = 0) -> None:
         deadline = time.monotonic() + timeout
         last_error: Optional[BaseException] = None
         while True:
             if self._proc is None or self._proc.poll() is not None:
                 code = self._proc.returncode if self._proc is not None else None
-                raise self._failure(f"exited with code {code} during start-up")
+                raise self._failure(f"exited with code {code} during start-up", log_offset)
+            # After a fatal start-up error the JVM can take 15 s to exit: do not wait for it.
+            fatal = [e for e in self._errors_since(log_offset) if "Fatal error" in e or "Exiting Kafka" in e]
+            if fatal:
+                raise self._failure("failed to start", log_offset)
             if time.monotonic() >= deadline:
-                raise self._failure(f"was not ready after {timeout:.0f}s (last probe error: {last_error!r})")
-            if not self._port_open():
+                raise self._failure(f"was not ready after {timeout:.0f}s (last probe error: {last_error!r})",
+                                    log_offset)
+            # Probe only once this JVM says it started: the port may belong to someone else.
+            if not self._logged_since(log_offset, "Kafka Server started") or not self._port_open():
                 time.sleep(0.2)
                 continue
             try:
                 self._probe(min(15.0, max(1.0, deadline - time.monotonic())))
                 return
             except (ImportError, TypeError) as e:
-                raise self._failure(f"could not be probed: {e!r}") from e
+                raise self._failure(f"could not be probed: {e!r}", log_offset) from e
             except Exception as e:  # noqa: BLE001 - any failure means "not ready yet"
                 if type(e).__name__ == "KafkaConfigurationError":  # our bug, not readiness
                     raise
@@ -472,6 +562,7 @@ class KafkaServer:
         proc, self._proc = self._proc, None
         if proc is not None:
             if proc.poll() is None:
+                # Both the watchdog and the JVM get SIGTERM; the watchdog exits after the JVM.
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGTERM)
                 try:
@@ -480,9 +571,12 @@ class KafkaServer:
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
-            # The JVM is the group leader; make sure nothing else of the group survives.
+            # The watchdog leads the group; make sure nothing else of the group survives.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
+            if proc.stdin is not None:
+                with contextlib.suppress(OSError):
+                    proc.stdin.close()
         if self._stdout is not None:
             self._stdout.close()
             self._stdout = None

@@ -15,11 +15,13 @@ import threading
 import time
 import uuid
 from array import array
+from itertools import chain, repeat
+from operator import itemgetter
 from dataclasses import dataclass, field
 
 import grpc
 
-from runwire import retry
+from runwire import retry, wire
 from runwire.config import build, secret
 from runwire.identity import Layout
 from runwire.proto import telemetry_pb2 as pb
@@ -174,38 +176,48 @@ class Exporter:
             self.stats["queue_high_water"] = high
         while self._control:
             self._emit(**self._control.popleft())
-        batch = _MetricBuilder()
+        batch = _MetricBuilder(self._valid_name)
         limit = self.config.batch_points
         while points:
             self._wait_for_spool_space()
-            try:
-                ts, step, data = points.popleft()
-            except IndexError:
-                break
-            for name, value in data.items():
-                self._add_point(batch, name, value, step, ts)
+            for keys, calls in _take_groups(points, limit - len(batch.values)):
+                try:
+                    added = batch.add_group(keys, calls)
+                except Exception:  # a bad name or value in this group: sort it out call by call
+                    added = sum(self._add_call_slowly(batch, call) for call in calls)
+                else:
+                    self._last.update(zip(keys, batch.values[-len(keys):]))
+                self.stats["points"] += added
             if len(batch.values) >= limit:
                 self._emit(metrics=batch.message())
-                batch = _MetricBuilder()
+                batch = _MetricBuilder(self._valid_name)
         if batch.values:
             self._emit(metrics=batch.message())
 
-    def _add_point(self, batch: "_MetricBuilder", name, value, step, ts) -> None:
-        if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_LEN or not name.isprintable():
-            self.stats["invalid_names"] += 1
-            self._once.warn(("name", str(name)[:80]), "runwire: metric name %r rejected: names are 1-%d "
-                            "printable characters", str(name)[:80], MAX_NAME_LEN)
-            return
-        try:
-            number = float(value)  # int, float, bool, numpy scalars, 0-d tensors
-        except Exception:  # also OverflowError (10**400) and whatever a __float__ raises
-            self.stats["invalid_values"] += 1
-            self._once.warn(("value", name), "runwire: value of %r is not a number (%s); such values are "
-                            "counted and skipped", name, type(value).__name__)
-            return
-        batch.add(name, number, step, ts)
-        self._last[name] = number
-        self.stats["points"] += 1
+    @staticmethod
+    def _valid_name(name) -> bool:
+        return isinstance(name, str) and 0 < len(name) <= MAX_NAME_LEN and name.isprintable()
+
+    def _add_call_slowly(self, batch: "_MetricBuilder", call: tuple) -> int:
+        ts, step, data = call
+        added = 0
+        for name, value in data.items():
+            if not batch.known(name):
+                self.stats["invalid_names"] += 1
+                self._once.warn(("name", str(name)[:80]), "runwire: metric name %r rejected: names are 1-%d "
+                                "printable characters", str(name)[:80], MAX_NAME_LEN)
+                continue
+            try:
+                number = float(value)  # int, float, bool, numpy scalars, 0-d tensors
+            except Exception:  # also OverflowError (10**400) and whatever a __float__ raises
+                self.stats["invalid_values"] += 1
+                self._once.warn(("value", name), "runwire: value of %r is not a number (%s); such values are "
+                                "counted and skipped", name, type(value).__name__)
+                continue
+            batch.add_group((name,), [(ts, step, {name: number})])
+            self._last[name] = number
+            added += 1
+        return added
 
     def _wait_for_spool_space(self) -> None:
         # The spool is full: stop draining, so the queue fills and drops its oldest points.
@@ -414,31 +426,83 @@ class Exporter:
         return out
 
 
+class _BadName(Exception):
+    pass
+
+
+class _NameIds(dict):
+    """Metric name -> index in this batch's names; a name is checked the first time it is seen."""
+
+    __slots__ = ("valid",)
+
+    def __init__(self, valid) -> None:
+        super().__init__()
+        self.valid = valid
+
+    def __missing__(self, name):
+        if not self.valid(name):
+            raise _BadName(name)
+        index = self[name] = len(self)
+        return index
+
+
 class _MetricBuilder:
-    """Columns of one MetricBatch in packed arrays (no Python object per value), handed to
-    protobuf at once."""
+    """Columns of one MetricBatch. Calls that log the same keys (most training loops) are added
+    a group at a time with C-level loops (map, chain, list extends) and packed once per batch."""
 
     __slots__ = ("names", "name_index", "steps", "timestamps", "values")
 
-    def __init__(self) -> None:
-        self.names: dict[str, int] = {}
-        self.name_index = array("I")
-        self.steps = array("q")
-        self.timestamps = array("q")
-        self.values = array("d")
+    def __init__(self, valid_name) -> None:
+        self.names = _NameIds(valid_name)
+        self.name_index: list[int] = []
+        self.steps: list[int] = []
+        self.timestamps: list[int] = []
+        self.values: list[float] = []
 
-    def add(self, name: str, value: float, step: int, ts: int) -> None:
-        index = self.names.get(name)
-        if index is None:
-            index = self.names[name] = len(self.names)
-        self.name_index.append(index)
-        self.steps.append(step)
-        self.timestamps.append(ts)
-        self.values.append(value)
+    def known(self, name) -> bool:
+        try:
+            self.names[name]
+        except _BadName:
+            return False
+        return True
+
+    def add_group(self, keys: tuple, calls: list) -> int:
+        """Add log() calls that all logged `keys`, in order; raises, adding nothing, on a bad
+        name or value."""
+        pattern = [self.names[key] for key in keys]
+        values = list(map(float, chain.from_iterable(map(dict.values, map(_DATA, calls)))))
+        n = len(keys)
+        self.values += values
+        self.name_index += pattern * len(calls)
+        self.steps += chain.from_iterable(map(repeat, map(_STEP, calls), repeat(n)))
+        self.timestamps += chain.from_iterable(map(repeat, map(_TS, calls), repeat(n)))
+        return len(values)
 
     def message(self) -> pb.MetricBatch:
-        return pb.MetricBatch(names=list(self.names), name_index=self.name_index, steps=self.steps,
-                              timestamps_ns=self.timestamps, values=self.values)
+        return wire.metric_batch(list(self.names), self.name_index, self.steps, self.timestamps, self.values)
+
+
+_TS, _STEP, _DATA = itemgetter(0), itemgetter(1), itemgetter(2)
+
+
+def _take_groups(points: collections.deque, budget: int) -> list[tuple[tuple, list]]:
+    """Pop queued calls worth about `budget` points, grouped by runs of the same keys."""
+    groups: list[tuple[tuple, list]] = []
+    keys = None
+    calls: list = []
+    taken = 0
+    while taken < budget:
+        try:
+            call = points.popleft()
+        except IndexError:
+            break
+        call_keys = tuple(call[2])
+        if call_keys != keys:
+            keys, calls = call_keys, []
+            groups.append((keys, calls))
+        calls.append(call)
+        taken += len(call_keys)
+    return groups
 
 
 def _details(exc: grpc.RpcError) -> str:

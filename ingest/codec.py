@@ -92,8 +92,8 @@ def to_record(envelope: pb.Envelope, received_ns: int) -> dict:
     if body == "metrics":
         m = envelope.metrics
         record["names"] = list(m.names)
-        for name, dtype in METRIC_COLUMNS.items():
-            record[name] = _pack(getattr(m, name), dtype)
+        for name in METRIC_COLUMNS:
+            record[name] = getattr(m, name)  # already packed little-endian on the wire
     elif body == "gpu":
         g = envelope.gpu
         record["gpu_uuids"] = list(g.gpu_uuids)

@@ -9,7 +9,12 @@ Limits (documented in the README):
 
 from __future__ import annotations
 
+import numpy as np
+
+from runwire.ingest.codec import METRIC_COLUMNS as _PACKED
 from runwire.proto import telemetry_pb2 as pb
+
+METRIC_COLUMNS = {name: np.dtype(dtype).itemsize for name, dtype in _PACKED.items()}
 
 MAX_ID_LEN = 128
 MAX_NAME_LEN = 256
@@ -50,6 +55,24 @@ def _check_columns(field: str, message, columns: tuple[str, ...]) -> int:
 
 
 METRIC_POINT_COLUMNS = ("values", "name_index", "steps", "timestamps_ns")
+
+
+def _check_packed_columns(m) -> int:
+    """Number of points in a MetricBatch; every packed column must hold whole values, equally many."""
+    counts = {}
+    for column in METRIC_POINT_COLUMNS:
+        size = METRIC_COLUMNS[column]
+        raw = len(getattr(m, column))
+        if raw % size:
+            raise InvalidEnvelope(f"metrics.{column}: {raw} bytes is not a whole number of {size}-byte values")
+        counts[column] = raw // size
+    n = counts["values"]
+    for column, count in counts.items():
+        if count != n:
+            raise InvalidEnvelope(f"metrics.{column}: has {count} entries, metrics.values has {n}")
+    if n > MAX_ROWS:
+        raise InvalidEnvelope(f"metrics: {n} rows, more than {MAX_ROWS} in one envelope")
+    return n
 GPU_SAMPLE_COLUMNS = (
     "gpu_ref", "timestamps_ns", "memory_used_bytes", "memory_total_bytes", "temperature_c",
     "memory_temperature_c", "gpu_utilization_pct", "memory_utilization_pct", "power_w",
@@ -82,11 +105,13 @@ def validate(envelope: pb.Envelope) -> None:
         raise InvalidEnvelope("body: missing (one of run_start, metrics, gpu, params, tags, run_end)")
     if body == "metrics":
         m = envelope.metrics
-        _check_columns("metrics", m, METRIC_POINT_COLUMNS)
+        n = _check_packed_columns(m)
         for i, name in enumerate(m.names):
             _check_text(f"metrics.names[{i}]", name, 1, MAX_NAME_LEN)
-        if m.name_index and max(m.name_index) >= len(m.names):
-            raise InvalidEnvelope(f"metrics.name_index: {max(m.name_index)} points past {len(m.names)} names")
+        if n:
+            highest = int(np.frombuffer(m.name_index, dtype="<u4").max())
+            if highest >= len(m.names):
+                raise InvalidEnvelope(f"metrics.name_index: {highest} points past {len(m.names)} names")
     elif body == "gpu":
         g = envelope.gpu
         _check_columns("gpu", g, GPU_SAMPLE_COLUMNS)

@@ -86,11 +86,11 @@ class MetricBatch(_message.Message):
     TIMESTAMPS_NS_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
     names: _containers.RepeatedScalarFieldContainer[str]
-    name_index: _containers.RepeatedScalarFieldContainer[int]
-    steps: _containers.RepeatedScalarFieldContainer[int]
-    timestamps_ns: _containers.RepeatedScalarFieldContainer[int]
-    values: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, names: _Optional[_Iterable[str]] = ..., name_index: _Optional[_Iterable[int]] = ..., steps: _Optional[_Iterable[int]] = ..., timestamps_ns: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
+    name_index: bytes
+    steps: bytes
+    timestamps_ns: bytes
+    values: bytes
+    def __init__(self, names: _Optional[_Iterable[str]] = ..., name_index: _Optional[bytes] = ..., steps: _Optional[bytes] = ..., timestamps_ns: _Optional[bytes] = ..., values: _Optional[bytes] = ...) -> None: ...
 
 class GpuBatch(_message.Message):
     __slots__ = ("gpu_uuids", "pci_bus_ids", "gpu_indexes", "gpu_names", "gpu_ref", "timestamps_ns", "memory_used_bytes", "memory_total_bytes", "temperature_c", "memory_temperature_c", "gpu_utilization_pct", "memory_utilization_pct", "power_w", "power_limit_w", "sm_clock_mhz", "memory_clock_mhz", "throttle_reasons", "ecc_corrected", "ecc_uncorrected", "xid")

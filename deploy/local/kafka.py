@@ -619,7 +619,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--controller-port", type=int, default=None)
     parser.add_argument("--partitions", type=int, default=1, help="num.partitions for auto-created topics")
     parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--resolve-only", action="store_true",
+                        help="only fetch the jars into the cache (make kafka-jars) and exit")
     args = parser.parse_args(argv)
+    if args.resolve_only:
+        jars = resolve_kafka_jars()
+        print(f"Kafka {KAFKA_VERSION}: {len(jars)} jars cached in {cache_root()}")
+        return 0
     server = KafkaServer(args.data_dir, args.port, args.controller_port, num_partitions=args.partitions)
     t0 = time.monotonic()
     # SIGTERM -> KeyboardInterrupt path, so the broker is stopped either way.

@@ -16,6 +16,7 @@ from fastavro.schema import to_parsing_canonical_form
 
 from runwire.ingest import codec
 from runwire.ingest.codec import GPU, GPU_FLOAT_COLUMNS, METRICS, RUNS, PoisonRecord, decode
+from runwire import wire
 from runwire.proto import telemetry_pb2 as pb
 
 RECEIVED_NS = 1_735_689_600_123_456_789
@@ -78,13 +79,10 @@ SPECIAL = [float("nan"), float("inf"), float("-inf"), -0.0, 5e-324, 1.7976931348
 
 def metrics_envelope(seq: int = 7, **ident) -> pb.Envelope:
     env = pb.Envelope(seq=seq, identity=identity(**ident))
-    m = env.metrics
-    m.names.extend(["loss", "lr", "grad/norm ünï"])
     n = len(SPECIAL)
-    m.name_index.extend([i % 3 for i in range(n)])
-    m.steps.extend([-1, 0, 1, 2**62, 5, 6, 7, 8, -(2**63)])
-    m.timestamps_ns.extend([RECEIVED_NS - i * 1_000_000_007 for i in range(n)])
-    m.values.extend(SPECIAL)
+    env.metrics.CopyFrom(wire.metric_batch(
+        ["loss", "lr", "grad/norm ünï"], [i % 3 for i in range(n)], [-1, 0, 1, 2**62, 5, 6, 7, 8, -(2**63)],
+        [RECEIVED_NS - i * 1_000_000_007 for i in range(n)], SPECIAL))
     return env
 
 
@@ -167,10 +165,11 @@ def test_metrics_round_trip_keeps_nan_and_inf_bit_exact():
     assert_identity(record, env)
     assert record["names"] == ["loss", "lr", "grad/norm ünï"]
     assert record["name_index"].dtype == np.uint32
-    assert record["name_index"].tolist() == list(env.metrics.name_index)
+    sent = wire.metric_columns(env.metrics)
+    assert record["name_index"].tolist() == list(sent["name_index"])
     assert record["steps"].dtype == np.int64
-    assert record["steps"].tolist() == list(env.metrics.steps)
-    assert record["timestamps_ns"].tolist() == list(env.metrics.timestamps_ns)
+    assert record["steps"].tolist() == list(sent["steps"])
+    assert record["timestamps_ns"].tolist() == list(sent["timestamps_ns"])
     assert record["values"].dtype == np.float64
     assert bits(record["values"]) == bits(SPECIAL)
     values = record["values"]

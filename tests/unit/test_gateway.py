@@ -16,6 +16,7 @@ import runwire
 from runwire import run as run_module
 from runwire.ingest import codec
 from runwire.ingest.gateway import SERVICE
+from runwire import wire
 from runwire.proto import telemetry_pb2 as pb
 
 from gateway_helpers import RecordingSink, start_gateway
@@ -32,17 +33,15 @@ def envelope(seq: int = 1, project: str = "proj", n: int = 3, **identity) -> pb.
     fields = dict(project=project, run_id="run-1", rank=0, world_size=1, host="h", pid=1, stream_id="s-1")
     fields.update(identity)
     env = pb.Envelope(seq=seq, identity=pb.Identity(**fields))
-    env.metrics.names.extend(["loss", "lr"])
-    env.metrics.name_index.extend([i % 2 for i in range(n)])
-    env.metrics.steps.extend(range(n))
-    env.metrics.timestamps_ns.extend(range(1000, 1000 + n))
-    env.metrics.values.extend([float("nan"), float("inf"), 0.5][:n] + [1.0] * max(0, n - 3))
+    env.metrics.CopyFrom(wire.metric_batch(
+        ["loss", "lr"], [i % 2 for i in range(n)], list(range(n)), list(range(1000, 1000 + n)),
+        [float("nan"), float("inf"), 0.5][:n] + [1.0] * max(0, n - 3)))
     return env
 
 
 def ragged_envelope(seq: int = 1) -> pb.Envelope:
     env = envelope(seq)
-    env.metrics.steps.append(99)  # one more step than values
+    env.metrics.steps += wire.pack("steps", [99])  # one more step than values
     return env
 
 

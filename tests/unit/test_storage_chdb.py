@@ -13,6 +13,7 @@ import math
 import pytest
 
 from runwire.ingest import codec
+from runwire import wire
 from runwire.proto import telemetry_pb2 as pb
 from runwire.storage import schema
 from runwire.storage.client import connect
@@ -115,13 +116,9 @@ def decoded(env: pb.Envelope, received_ns: int) -> tuple[str, dict]:
 
 def metrics(run_id: str, rank: int, names: list[str], points, seq: int = 1) -> tuple[str, dict]:
     env = pb.Envelope(seq=seq, identity=identity(run_id, rank))
-    m = env.metrics
-    m.names.extend(names)
-    for name, step, ts, value in points:
-        m.name_index.append(names.index(name))
-        m.steps.append(step)
-        m.timestamps_ns.append(ts)
-        m.values.append(value)
+    env.metrics.CopyFrom(wire.metric_batch(
+        names, [names.index(p[0]) for p in points], [p[1] for p in points], [p[2] for p in points],
+        [p[3] for p in points]))
     return decoded(env, T0 + 10 * MINUTE)
 
 

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pytest
 
 from runwire.ingest import codec
+from runwire import wire
 from runwire.proto import telemetry_pb2 as pb
 from runwire.storage import rows
 from runwire.storage.client import check_identifier, redact
@@ -32,13 +33,9 @@ def decoded(env: pb.Envelope, received_ns: int = T0) -> dict:
 def metric_record(rank, names, points, **ident) -> dict:
     """points: (name, step, ts_ns, value); each record gets its own name dictionary order."""
     env = pb.Envelope(seq=1, identity=identity(rank, **ident))
-    m = env.metrics
-    m.names.extend(names)
-    for name, step, ts, value in points:
-        m.name_index.append(names.index(name))
-        m.steps.append(step)
-        m.timestamps_ns.append(ts)
-        m.values.append(value)
+    env.metrics.CopyFrom(wire.metric_batch(
+        names, [names.index(p[0]) for p in points], [p[1] for p in points], [p[2] for p in points],
+        [p[3] for p in points]))
     return decoded(env)
 
 

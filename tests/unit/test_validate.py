@@ -7,6 +7,7 @@ import pytest
 from runwire.ingest import validate as v
 from runwire.ingest.codec import GPU_FLOAT_COLUMNS
 from runwire.ingest.validate import InvalidEnvelope, validate
+from runwire import wire
 from runwire.proto import telemetry_pb2 as pb
 
 
@@ -19,13 +20,16 @@ def identity(**overrides) -> pb.Identity:
 
 def metrics(n: int = 3, **ident) -> pb.Envelope:
     env = pb.Envelope(seq=1, identity=identity(**ident))
-    m = env.metrics
-    m.names.extend(["loss", "lr"])
-    m.name_index.extend([i % 2 for i in range(n)])
-    m.steps.extend(range(n))
-    m.timestamps_ns.extend(range(1_000, 1_000 + n))
-    m.values.extend([float("nan"), float("inf"), float("-inf")][:n] + [0.5] * max(0, n - 3))
+    env.metrics.CopyFrom(wire.metric_batch(
+        ["loss", "lr"], [i % 2 for i in range(n)], list(range(n)), list(range(1_000, 1_000 + n)),
+        [float("nan"), float("inf"), float("-inf")][:n] + [0.5] * max(0, n - 3)))
     return env
+
+
+def drop_last(env: pb.Envelope, column: str) -> None:
+    """Remove the last point of one packed metric column."""
+    raw = getattr(env.metrics, column)
+    setattr(env.metrics, column, raw[: len(raw) - wire.METRIC_COLUMNS[column][1]])
 
 
 def gpu(n: int = 2) -> pb.Envelope:
@@ -126,15 +130,11 @@ def test_values_beyond_avro_int_and_long_are_rejected():
 def test_exactly_max_rows_passes_and_one_more_is_rejected():
     n = v.MAX_ROWS
     env = pb.Envelope(seq=1, identity=identity())
-    m = env.metrics
-    m.names.append("loss")
-    m.name_index.extend([0] * n)
-    m.steps.extend([0] * n)
-    m.timestamps_ns.extend([0] * n)
-    m.values.extend([0.0] * n)
+    env.metrics.CopyFrom(wire.metric_batch(["loss"], [0] * n, [0] * n, [0] * n, [0.0] * n))
     validate(env)
+    m = env.metrics
     for column in ("name_index", "steps", "timestamps_ns", "values"):
-        getattr(m, column).append(0)
+        setattr(m, column, getattr(m, column) + wire.pack(column, [0]))
     rejects(env, "metrics:")
 
 
@@ -180,16 +180,16 @@ def test_missing_body_is_rejected():
 @pytest.mark.parametrize("column", ["name_index", "steps", "timestamps_ns"])
 def test_metric_columns_must_have_equal_lengths(column):
     env = metrics()
-    getattr(env.metrics, column).append(0)
+    setattr(env.metrics, column, getattr(env.metrics, column) + wire.pack(column, [0]))
     rejects(env, f"metrics.{column}:")
     env = metrics()
-    del getattr(env.metrics, column)[-1]
+    drop_last(env, column)
     rejects(env, f"metrics.{column}:")
 
 
 def test_metric_values_column_shorter_than_the_others_is_rejected():
     env = metrics()
-    del env.metrics.values[-1]
+    drop_last(env, "values")
     with pytest.raises(InvalidEnvelope, match=r"^metrics\.(name_index|steps|timestamps_ns): .*metrics\.values"):
         validate(env)
 
@@ -209,7 +209,7 @@ def test_metric_names_are_checked(bad, index):
 
 def test_name_index_past_names_is_rejected():
     env = metrics()
-    env.metrics.name_index[1] = 2
+    env.metrics.name_index = wire.pack("name_index", [0, 2, 0])
     rejects(env, "metrics.name_index:")
     env = metrics()
     del env.metrics.names[:]
@@ -292,3 +292,9 @@ def test_long_map_key_is_shortened_in_the_message():
     env.params.params["k" * 1000] = "v"
     message = rejects(env, "params.params key")
     assert len(message) < 200
+
+
+def test_packed_column_with_a_torn_value_is_rejected():
+    env = metrics()
+    env.metrics.values = env.metrics.values + b"\x00"
+    rejects(env, "metrics.values:")

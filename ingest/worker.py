@@ -36,7 +36,7 @@ class IngestConfig:
     topic_partitions: int = 6
     topic_replication: int = 1
     group_id: str = "runwire-ingest"
-    batch_rows: int = 200_000        # insert when this many rows are buffered ...
+    batch_rows: int = 500_000        # insert when this many rows are buffered ...
     batch_interval_s: float = 0.5    # ... or when the oldest buffered record is this old
     ttl_days: int | None = None      # raw time-series retention; None leaves it as it is
 

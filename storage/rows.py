@@ -14,7 +14,7 @@ import pyarrow as pa
 from runwire.ingest.codec import GPU_FLOAT_COLUMNS
 
 _TS = pa.timestamp("us", tz="UTC")
-_TS_NS = pa.timestamp("ns", tz="UTC")
+_TS_MS = pa.timestamp("ms", tz="UTC")
 
 
 class _Dictionary:
@@ -41,6 +41,10 @@ def _timestamps_us(ns: np.ndarray) -> pa.Array:
     return pa.array(ns // 1000, pa.int64()).cast(_TS)
 
 
+def _timestamps_ms(ns: np.ndarray) -> pa.Array:
+    return pa.array(ns // 1_000_000, pa.int64()).cast(_TS_MS)
+
+
 def metric_table(records: list[dict]) -> pa.Table:
     counts = np.fromiter((len(r["values"]) for r in records), dtype=np.int64, count=len(records))
     names = _Dictionary()
@@ -51,7 +55,7 @@ def metric_table(records: list[dict]) -> pa.Table:
         "name": names.column(name_ids),
         "rank": pa.array(np.repeat(np.fromiter((r["rank"] for r in records), np.uint32, len(records)), counts)),
         "step": pa.array(_concat(records, "steps", np.int64)),
-        "ts": _timestamps_us(_concat(records, "timestamps_ns", np.int64)),
+        "ts": _timestamps_ms(_concat(records, "timestamps_ns", np.int64)),  # metrics keep milliseconds
         "value": pa.array(_concat(records, "values", np.float64)),
     })
 

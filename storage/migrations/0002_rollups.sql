@@ -12,7 +12,7 @@ CREATE TABLE IF NOT EXISTS metrics_1m
     max_value   SimpleAggregateFunction(max, Float64),
     sum_value   SimpleAggregateFunction(sum, Float64),
     count       SimpleAggregateFunction(sum, UInt64),
-    last_value  AggregateFunction(argMax, Float64, DateTime64(6, 'UTC')),
+    last_value  AggregateFunction(argMax, Float64, DateTime64(3, 'UTC')),
     max_step    SimpleAggregateFunction(max, Int64)
 )
 ENGINE = AggregatingMergeTree

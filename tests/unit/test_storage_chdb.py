@@ -12,8 +12,8 @@ import math
 
 import pytest
 
-from runwire.ingest import codec
 from runwire import wire
+from runwire.ingest import codec
 from runwire.proto import telemetry_pb2 as pb
 from runwire.storage import schema
 from runwire.storage.client import connect
@@ -162,14 +162,15 @@ def _write_metrics(db, run_id: str):
 def test_write_inserts_metrics_with_exact_values(db):
     _, written = _write_metrics(db, "m1")
     assert written == {"metrics": 8}
-    got = rows_of(db, "SELECT name, rank, step, toUnixTimestamp64Micro(ts), value, isNaN(value), isInfinite(value) "
+    # Metric timestamps are stored in milliseconds.
+    got = rows_of(db, "SELECT name, rank, step, toUnixTimestamp64Milli(ts), value, isNaN(value), isInfinite(value) "
                       "FROM metrics FINAL WHERE run_id = {r:String} ORDER BY name, rank, step", r="m1")
     assert len(got) == 8
     loss = [r for r in got if r[0] == "loss"]
     assert [(r[1], r[2], r[3], r[4]) for r in loss] == [
-        (0, 1, (T0 + 1_234_567) // 1000, 4.0), (0, 2, (T0 + 20 * 10**9) // 1000, 1.0),
-        (0, 3, (T0 + 40 * 10**9) // 1000, 2.5), (1, 4, (T0 + MINUTE + 5 * 10**9) // 1000, 9.0),
-        (1, 5, (T0 + MINUTE + 50 * 10**9) // 1000, 3.0)]
+        (0, 1, (T0 + 1_234_567) // 10**6, 4.0), (0, 2, (T0 + 20 * 10**9) // 10**6, 1.0),
+        (0, 3, (T0 + 40 * 10**9) // 10**6, 2.5), (1, 4, (T0 + MINUTE + 5 * 10**9) // 10**6, 9.0),
+        (1, 5, (T0 + MINUTE + 50 * 10**9) // 10**6, 3.0)]
     odd = [r for r in got if r[0] == "odd"]
     assert [(r[2], r[5], r[6]) for r in odd] == [(1, 1, 0), (2, 0, 1), (3, 0, 1)]
     assert math.isnan(odd[0][4]) and odd[1][4] == math.inf and odd[2][4] == -math.inf
@@ -325,3 +326,20 @@ def test_later_params_replace_earlier_values(db):
     got = rows_of(db, "SELECT key, value FROM params FINAL WHERE run_id = 'params' ORDER BY key")
     assert got == [("model.depth", "50"), ("new", "x"), ("optimizer.lr", "0.05")]
     assert rows_of(db, "SELECT key, value FROM tags FINAL WHERE run_id = 'params'") == [("team", "vision")]
+
+
+def test_cluster_form_of_the_schema_is_fresh_and_parses(db):
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("gen_cluster_sql", root / "scripts" / "gen_cluster_sql.py")
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    text = generator.cluster_sql()
+    assert (root / "deploy" / "clickhouse" / "cluster.sql").read_text() == text, "run scripts/gen_cluster_sql.py"
+    statements = schema.split_statements(text)
+    assert sum("Distributed(runwire, runwire, metrics_local, cityHash64(project, run_id))" in s for s in statements) == 1
+    for statement in statements:
+        # formatQuery parses without executing: ON CLUSTER needs no cluster here.
+        assert db.query("SELECT formatQuery({q:String})", parameters={"q": statement}).result_rows[0][0]

@@ -55,9 +55,10 @@ def test_metric_table_maps_each_records_name_dictionary():
     assert table.column("run_id").to_pylist() == ["run-1"] * 3 + ["run-2"] * 2 + ["run-1"]
     assert table.column("rank").to_pylist() == [0, 0, 0, 5, 5, 7]
     assert table.column("step").to_pylist() == [1, 1, 2, 1, 1, -3]
-    ts_us = table.column("ts").cast(pa.int64()).to_pylist()
-    assert ts_us == [(T0 + 1_999) // 1000, (T0 + 2_000) // 1000, (T0 + 1_000_000_123) // 1000,
-                     (T0 + 5_000) // 1000, (T0 + 6_000) // 1000, (T0 - 1_500) // 1000]
+    assert table.schema.field("ts").type == pa.timestamp("ms", tz="UTC")  # metrics keep milliseconds
+    ts_ms = table.column("ts").cast(pa.int64()).to_pylist()
+    assert ts_ms == [(T0 + 1_999) // 10**6, (T0 + 2_000) // 10**6, (T0 + 1_000_000_123) // 10**6,
+                     (T0 + 5_000) // 10**6, (T0 + 6_000) // 10**6, (T0 - 1_500) // 10**6]
     values = table.column("value").to_numpy()
     assert values[0] == 2.5 and values[1] == 0.1 and math.isnan(values[2])
     assert values[3] == math.inf and values[5] == -math.inf
@@ -68,7 +69,7 @@ def test_metric_table_maps_each_records_name_dictionary():
     assert pa.types.is_dictionary(schema.field("project").type)
     assert schema.field("rank").type == pa.uint32()
     assert schema.field("step").type == pa.int64()
-    assert schema.field("ts").type == pa.timestamp("us", tz="UTC")
+    assert schema.field("ts").type == pa.timestamp("ms", tz="UTC")
     assert schema.field("value").type == pa.float64()
 
 

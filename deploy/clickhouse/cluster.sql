@@ -1,0 +1,221 @@
+-- Cluster form of storage/migrations, written by scripts/gen_cluster_sql.py: do not edit.
+CREATE DATABASE IF NOT EXISTS runwire ON CLUSTER runwire;
+
+-- from 0001_core_tables.sql
+CREATE TABLE IF NOT EXISTS runwire.metrics_local ON CLUSTER runwire
+(
+    project   LowCardinality(String),
+    run_id    LowCardinality(String),
+    name      LowCardinality(String),
+    rank      UInt32                  CODEC(ZSTD(1)),
+    step      Int64                   CODEC(DoubleDelta, ZSTD(1)),
+    ts        DateTime64(3, 'UTC')    CODEC(DoubleDelta, ZSTD(1)),
+    value     Float64                 CODEC(Gorilla, ZSTD(1))
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/runwire/metrics', '{replica}')
+PARTITION BY toYYYYMM(ts)
+ORDER BY (project, run_id, name, rank, step, ts);
+
+CREATE TABLE IF NOT EXISTS runwire.metrics ON CLUSTER runwire AS runwire.metrics_local
+ENGINE = Distributed(runwire, runwire, metrics_local, cityHash64(project, run_id));
+
+CREATE TABLE IF NOT EXISTS runwire.gpu_samples_local ON CLUSTER runwire
+(
+    project                LowCardinality(String),
+    run_id                 LowCardinality(String),
+    host                   LowCardinality(String),
+    node_rank              UInt32                CODEC(ZSTD(1)),
+    rank                   UInt32                CODEC(ZSTD(1)),
+    gpu_uuid               LowCardinality(String),
+    pci_bus_id             LowCardinality(String),
+    gpu_index              UInt16                CODEC(ZSTD(1)),
+    gpu_name               LowCardinality(String),
+    ts                     DateTime64(6, 'UTC')  CODEC(DoubleDelta, ZSTD(1)),
+    memory_used_bytes      Float64               CODEC(Gorilla, ZSTD(1)),
+    memory_total_bytes     Float64               CODEC(Gorilla, ZSTD(1)),
+    temperature_c          Float64               CODEC(Gorilla, ZSTD(1)),
+    memory_temperature_c   Float64               CODEC(Gorilla, ZSTD(1)),
+    gpu_utilization_pct    Float64               CODEC(Gorilla, ZSTD(1)),
+    memory_utilization_pct Float64               CODEC(Gorilla, ZSTD(1)),
+    power_w                Float64               CODEC(Gorilla, ZSTD(1)),
+    power_limit_w          Float64               CODEC(Gorilla, ZSTD(1)),
+    sm_clock_mhz           Float64               CODEC(Gorilla, ZSTD(1)),
+    memory_clock_mhz       Float64               CODEC(Gorilla, ZSTD(1)),
+    throttle_reasons       UInt64                CODEC(T64, ZSTD(1)),
+    ecc_corrected          Float64               CODEC(Gorilla, ZSTD(1)),
+    ecc_uncorrected        Float64               CODEC(Gorilla, ZSTD(1)),
+    xid                    UInt64                CODEC(T64, ZSTD(1))
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/runwire/gpu_samples', '{replica}')
+PARTITION BY toYYYYMMDD(ts)
+ORDER BY (project, run_id, host, gpu_uuid, ts, rank);
+
+CREATE TABLE IF NOT EXISTS runwire.gpu_samples ON CLUSTER runwire AS runwire.gpu_samples_local
+ENGINE = Distributed(runwire, runwire, gpu_samples_local, cityHash64(project, run_id));
+
+CREATE TABLE IF NOT EXISTS runwire.runs_local ON CLUSTER runwire
+(
+    project     LowCardinality(String),
+    run_id      String,
+    name        String,
+    status      LowCardinality(String),   -- RUNNING, FINISHED, FAILED
+    start_time  DateTime64(6, 'UTC'),
+    end_time    Nullable(DateTime64(6, 'UTC')),
+    exit_code   Nullable(Int32),
+    git_commit  String,
+    launcher    LowCardinality(String),
+    world_size  UInt32,
+    summary     Map(String, Float64),
+    updated_at  DateTime64(9, 'UTC')
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/runwire/runs', '{replica}', updated_at)
+ORDER BY (project, run_id);
+
+CREATE TABLE IF NOT EXISTS runwire.runs ON CLUSTER runwire AS runwire.runs_local
+ENGINE = Distributed(runwire, runwire, runs_local, cityHash64(project, run_id));
+
+CREATE TABLE IF NOT EXISTS runwire.run_ranks_local ON CLUSTER runwire
+(
+    project     LowCardinality(String),
+    run_id      String,
+    rank        UInt32,
+    local_rank  UInt32,
+    node_rank   UInt32,
+    world_size  UInt32,
+    host        LowCardinality(String),
+    pid         UInt32,
+    stream_id   String,
+    status      LowCardinality(String),
+    start_time  DateTime64(6, 'UTC'),
+    end_time    Nullable(DateTime64(6, 'UTC')),
+    exit_code   Nullable(Int32),
+    summary     Map(String, Float64),
+    updated_at  DateTime64(9, 'UTC')
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/runwire/run_ranks', '{replica}', updated_at)
+ORDER BY (project, run_id, rank);
+
+CREATE TABLE IF NOT EXISTS runwire.run_ranks ON CLUSTER runwire AS runwire.run_ranks_local
+ENGINE = Distributed(runwire, runwire, run_ranks_local, cityHash64(project, run_id));
+
+CREATE TABLE IF NOT EXISTS runwire.params_local ON CLUSTER runwire
+(
+    project     LowCardinality(String),
+    run_id      String,
+    key         String,
+    value       String,
+    updated_at  DateTime64(9, 'UTC')
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/runwire/params', '{replica}', updated_at)
+ORDER BY (project, run_id, key);
+
+CREATE TABLE IF NOT EXISTS runwire.params ON CLUSTER runwire AS runwire.params_local
+ENGINE = Distributed(runwire, runwire, params_local, cityHash64(project, run_id));
+
+CREATE TABLE IF NOT EXISTS runwire.tags_local ON CLUSTER runwire
+(
+    project     LowCardinality(String),
+    run_id      String,
+    key         String,
+    value       String,
+    updated_at  DateTime64(9, 'UTC')
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/runwire/tags', '{replica}', updated_at)
+ORDER BY (project, run_id, key);
+
+CREATE TABLE IF NOT EXISTS runwire.tags ON CLUSTER runwire AS runwire.tags_local
+ENGINE = Distributed(runwire, runwire, tags_local, cityHash64(project, run_id));
+
+CREATE TABLE IF NOT EXISTS runwire.alerts_local ON CLUSTER runwire
+(
+    project      LowCardinality(String),
+    alert_id     String,
+    rule         LowCardinality(String),
+    severity     LowCardinality(String),
+    state        LowCardinality(String),
+    run_id       String,
+    host         LowCardinality(String),
+    gpu_uuid     String,
+    rank         Nullable(UInt32),
+    value        Float64,
+    message      String,
+    started_at   DateTime64(6, 'UTC'),
+    resolved_at  Nullable(DateTime64(6, 'UTC')),
+    updated_at   DateTime64(9, 'UTC')
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/runwire/alerts', '{replica}', updated_at)
+PARTITION BY toYYYYMM(started_at)
+ORDER BY (project, alert_id);
+
+CREATE TABLE IF NOT EXISTS runwire.alerts ON CLUSTER runwire AS runwire.alerts_local
+ENGINE = Distributed(runwire, runwire, alerts_local, cityHash64(project, run_id));
+
+-- from 0002_rollups.sql
+CREATE TABLE IF NOT EXISTS runwire.metrics_1m_local ON CLUSTER runwire
+(
+    project  LowCardinality(String),
+    run_id   String,
+    name     LowCardinality(String),
+    rank     UInt32,
+    minute   DateTime('UTC'),
+    min_value   SimpleAggregateFunction(min, Float64),
+    max_value   SimpleAggregateFunction(max, Float64),
+    sum_value   SimpleAggregateFunction(sum, Float64),
+    count       SimpleAggregateFunction(sum, UInt64),
+    last_value  AggregateFunction(argMax, Float64, DateTime64(3, 'UTC')),
+    max_step    SimpleAggregateFunction(max, Int64)
+)
+ENGINE = ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/runwire/metrics_1m', '{replica}')
+PARTITION BY toYYYYMM(minute)
+ORDER BY (project, run_id, name, rank, minute);
+
+CREATE TABLE IF NOT EXISTS runwire.metrics_1m ON CLUSTER runwire AS runwire.metrics_1m_local
+ENGINE = Distributed(runwire, runwire, metrics_1m_local, cityHash64(project, run_id));
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS runwire.metrics_1m_mv ON CLUSTER runwire TO runwire.metrics_1m_local AS
+SELECT
+    project, run_id, name, rank,
+    toStartOfMinute(ts) AS minute,
+    min(value) AS min_value,
+    max(value) AS max_value,
+    sum(value) AS sum_value,
+    count() AS count,
+    argMaxState(value, ts) AS last_value,
+    max(step) AS max_step
+FROM runwire.metrics_local
+GROUP BY project, run_id, name, rank, minute;
+
+CREATE TABLE IF NOT EXISTS runwire.gpu_samples_1m_local ON CLUSTER runwire
+(
+    project   LowCardinality(String),
+    host      LowCardinality(String),
+    gpu_uuid  LowCardinality(String),
+    minute    DateTime('UTC'),
+    max_temperature_c      SimpleAggregateFunction(max, Float64),
+    max_memory_used_bytes  SimpleAggregateFunction(max, Float64),
+    memory_total_bytes     SimpleAggregateFunction(max, Float64),
+    max_power_w            SimpleAggregateFunction(max, Float64),
+    sum_gpu_utilization    SimpleAggregateFunction(sum, Float64),
+    samples                SimpleAggregateFunction(sum, UInt64),
+    throttle_reasons_any   SimpleAggregateFunction(groupBitOr, UInt64)
+)
+ENGINE = ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/runwire/gpu_samples_1m', '{replica}')
+PARTITION BY toYYYYMM(minute)
+ORDER BY (project, host, gpu_uuid, minute);
+
+CREATE TABLE IF NOT EXISTS runwire.gpu_samples_1m ON CLUSTER runwire AS runwire.gpu_samples_1m_local
+ENGINE = Distributed(runwire, runwire, gpu_samples_1m_local, cityHash64(project, host));
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS runwire.gpu_samples_1m_mv ON CLUSTER runwire TO runwire.gpu_samples_1m_local AS
+SELECT
+    project, host, gpu_uuid,
+    toStartOfMinute(ts) AS minute,
+    max(temperature_c) AS max_temperature_c,
+    max(memory_used_bytes) AS max_memory_used_bytes,
+    max(memory_total_bytes) AS memory_total_bytes,
+    max(power_w) AS max_power_w,
+    sum(gpu_utilization_pct) AS sum_gpu_utilization,
+    count() AS samples,
+    groupBitOr(throttle_reasons) AS throttle_reasons_any
+FROM runwire.gpu_samples_local
+GROUP BY project, host, gpu_uuid, minute;

@@ -1,0 +1,55 @@
+"""Writes deploy/clickhouse/cluster.sql: the cluster form (Replicated*MergeTree + Distributed,
+sharded by run) of the single-node migrations. See deploy/clickhouse/README.md.
+
+    python scripts/gen_cluster_sql.py            (tests fail when the committed file is stale)
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET = ROOT / "deploy" / "clickhouse" / "cluster.sql"
+
+
+def cluster_sql() -> str:
+    sys.path.insert(0, str(ROOT))
+    from runwire.storage.schema import migrations
+
+    out = ["-- Cluster form of storage/migrations, written by scripts/gen_cluster_sql.py: do not edit.",
+           "CREATE DATABASE IF NOT EXISTS runwire ON CLUSTER runwire;", ""]
+    for _, name, statements in migrations():
+        out.append(f"-- from {name}")
+        for statement in statements:
+            out.append(_translate(statement) + ";\n")
+    return "\n".join(out)
+
+
+def _translate(statement: str) -> str:
+    table = re.match(r"CREATE TABLE IF NOT EXISTS (\w+)", statement)
+    if table:
+        t = table.group(1)
+        zk = f"'/clickhouse/tables/{{shard}}/runwire/{t}', '{{replica}}'"
+        local = statement.replace(f"CREATE TABLE IF NOT EXISTS {t}", f"CREATE TABLE IF NOT EXISTS runwire.{t}_local ON CLUSTER runwire", 1)
+        local = re.sub(r"ENGINE = ReplacingMergeTree\((\w+)\)", rf"ENGINE = ReplicatedReplacingMergeTree({zk}, \1)", local)
+        local = re.sub(r"ENGINE = (Replacing|Aggregating)MergeTree\b(?!\()", rf"ENGINE = Replicated\1MergeTree({zk})", local)
+        columns = statement.split("ENGINE")[0]
+        # Shard by run so every replay of a batch lands on the shard that holds the original.
+        key = "cityHash64(project, run_id)" if re.search(r"\brun_id\b", columns) else "cityHash64(project, host)"
+        distributed = (f"CREATE TABLE IF NOT EXISTS runwire.{t} ON CLUSTER runwire AS runwire.{t}_local\n"
+                       f"ENGINE = Distributed(runwire, runwire, {t}_local, {key})")
+        return local + ";\n\n" + distributed
+    view = re.match(r"CREATE MATERIALIZED VIEW IF NOT EXISTS (\w+) TO (\w+) AS", statement)
+    if view:
+        v, t = view.groups()
+        local = statement.replace(view.group(0), f"CREATE MATERIALIZED VIEW IF NOT EXISTS runwire.{v} ON CLUSTER runwire "
+                                                  f"TO runwire.{t}_local AS")
+        return re.sub(r"\bFROM (\w+)\b", r"FROM runwire.\1_local", local)
+    raise ValueError(f"no cluster translation for: {statement[:60]}")
+
+
+if __name__ == "__main__":
+    TARGET.write_text(cluster_sql())
+    print(f"wrote {TARGET}")

@@ -122,6 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ttl-days", type=int, default=None, help="raw time-series retention (0 removes it)")
     p.set_defaults(func=cmd_migrate)
 
+    # Command groups of the server side register themselves (their imports stay lazy).
+    from runwire.storage import commands as storage_commands
+    from runwire.ingest.alerts import commands as alert_commands
+
+    storage_commands.register(sub)
+    alert_commands.register(sub)
+
     p = sub.add_parser("sync", help="deliver envelopes left in a spool directory")
     p.add_argument("spool_dir")
     p.add_argument("--gateway", default=None, help="host:port (RUNWIRE_GATEWAY)")

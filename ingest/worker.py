@@ -71,9 +71,13 @@ class _FlushOnRevoke(ConsumerRebalanceListener):
 class IngestWorker:
     """One member of the ingest consumer group. `run()` until `stop()`."""
 
-    def __init__(self, config: IngestConfig, writer, backoff: retry.Backoff = retry.Backoff(max_s=5.0)) -> None:
+    def __init__(self, config: IngestConfig, writer, backoff: retry.Backoff = retry.Backoff(max_s=5.0),
+                 observers: list | None = None) -> None:
         self.config = config
         self.writer = writer
+        # Called with (kind, record) for every decoded record as it arrives (stream alert rules).
+        # An observer must be quick and must not raise: it runs on the ingest path.
+        self.observers = list(observers or [])
         self.backoff = backoff
         self.topics = topic_names(config.topic_prefix)
         self._stop = threading.Event()
@@ -124,6 +128,11 @@ class IngestWorker:
         except codec.PoisonRecord as exc:
             self._dead_letter(record, str(exc))
             return
+        for observer in self.observers:
+            try:
+                observer(kind, decoded)
+            except Exception:  # an observer's bug must never stop ingestion
+                log.exception("ingest observer failed")
         if not self._buffer:
             self._buffer_since = time.monotonic()
         self._buffer.append((kind, decoded))

@@ -1,0 +1,1 @@
+"""Alerting on hardware anomalies: rules, evaluation on the stream and in SQL, lifecycle, notifiers."""

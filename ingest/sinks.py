@@ -65,8 +65,9 @@ class DirectSink:
     each envelope after ClickHouse accepted its insert."""
 
     def __init__(self, writer, max_rows: int = 50_000, max_delay_s: float = 0.2,
-                 backoff: retry.Backoff = retry.Backoff()) -> None:
+                 backoff: retry.Backoff = retry.Backoff(), observers: list | None = None) -> None:
         self.writer = writer
+        self.observers = list(observers or [])  # as IngestWorker.observers: (kind, record) as it arrives
         self.max_rows = max_rows
         self.max_delay_s = max_delay_s
         self.backoff = backoff
@@ -87,7 +88,13 @@ class DirectSink:
 
     def submit(self, kind: str, key: bytes, value: bytes, done: Done) -> None:
         # Decode what Kafka would have carried, so both modes store exactly the same rows.
-        self._queue.put(codec.decode(value) + (done,))
+        kind, record = codec.decode(value)
+        for observer in self.observers:
+            try:
+                observer(kind, record)
+            except Exception:  # an observer's bug must never stop ingestion
+                log.exception("ingest observer failed")
+        self._queue.put((kind, record, done))
 
     def _run(self) -> None:
         while not (self._stop.is_set() and self._queue.empty()):

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install kafka-jars test test-unit demo up proto bench-emitter clean
+.PHONY: install kafka-jars chromium test test-unit demo up proto bench bench-emitter bench-e2e bench-query bench-alerts clean
 
 $(STAMP): pyproject.toml
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
@@ -25,7 +25,11 @@ $(BENCH_STAMP): $(STAMP)
 kafka-jars: install
 	$(PYTHON) -m runwire.deploy.local.kafka --resolve-only
 
-test: install kafka-jars
+# Headless Chromium renders the HTML report in the tests (Debian's package; CI runs as root).
+chromium:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test: install kafka-jars chromium
 	mkdir -p build
 	RUNWIRE_REQUIRE_INFRA=1 $(PYTHON) -m pytest tests -ra --junitxml=build/test-results.xml $(PYTEST_ARGS)
 
@@ -41,9 +45,23 @@ up: install
 proto: install
 	PYTHON=$(PYTHON) scripts/gen_proto.sh
 
+bench: bench-emitter bench-e2e bench-query bench-alerts
+
 bench-emitter: $(BENCH_STAMP)
 	mkdir -p build/bench
 	$(PYTHON) bench/emitter.py --out build/bench/emitter.json
+
+bench-e2e: $(BENCH_STAMP) kafka-jars
+	mkdir -p build/bench
+	$(PYTHON) bench/e2e.py --out build/bench/e2e.json
+
+bench-query: $(BENCH_STAMP)
+	mkdir -p build/bench
+	$(PYTHON) bench/query.py --out build/bench/query.json
+
+bench-alerts: $(BENCH_STAMP) kafka-jars
+	mkdir -p build/bench
+	$(PYTHON) bench/alerts.py --out build/bench/alerts.json
 
 clean:
 	rm -rf build $(VENV)

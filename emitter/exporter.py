@@ -14,7 +14,6 @@ import os
 import threading
 import time
 import uuid
-from array import array
 from itertools import chain, repeat
 from operator import itemgetter
 from dataclasses import dataclass, field

@@ -43,15 +43,19 @@ def _check_map(field: str, mapping) -> None:
             raise InvalidEnvelope(f"{field}[{key[:40]!r}]: value longer than {MAX_VALUE_LEN} characters")
 
 
-def _check_columns(field: str, message, columns: tuple[str, ...]) -> int:
-    lengths = {name: len(getattr(message, name)) for name in columns}
-    n = lengths[columns[0]]
-    for name, length in lengths.items():
-        if length != n:
-            raise InvalidEnvelope(f"{field}.{name}: has {length} entries, {field}.{columns[0]} has {n}")
+def _check_counts(field: str, counts: dict[str, int]) -> int:
+    """The common row count of a batch's per-row columns (the first column is the reference)."""
+    first, n = next(iter(counts.items()))
+    for name, count in counts.items():
+        if count != n:
+            raise InvalidEnvelope(f"{field}.{name}: has {count} entries, {field}.{first} has {n}")
     if n > MAX_ROWS:
         raise InvalidEnvelope(f"{field}: {n} rows, more than {MAX_ROWS} in one envelope")
     return n
+
+
+def _check_columns(field: str, message, columns: tuple[str, ...]) -> int:
+    return _check_counts(field, {name: len(getattr(message, name)) for name in columns})
 
 
 METRIC_POINT_COLUMNS = ("values", "name_index", "steps", "timestamps_ns")
@@ -66,13 +70,9 @@ def _check_packed_columns(m) -> int:
         if raw % size:
             raise InvalidEnvelope(f"metrics.{column}: {raw} bytes is not a whole number of {size}-byte values")
         counts[column] = raw // size
-    n = counts["values"]
-    for column, count in counts.items():
-        if count != n:
-            raise InvalidEnvelope(f"metrics.{column}: has {count} entries, metrics.values has {n}")
-    if n > MAX_ROWS:
-        raise InvalidEnvelope(f"metrics: {n} rows, more than {MAX_ROWS} in one envelope")
-    return n
+    return _check_counts("metrics", counts)
+
+
 GPU_SAMPLE_COLUMNS = (
     "gpu_ref", "timestamps_ns", "memory_used_bytes", "memory_total_bytes", "temperature_c",
     "memory_temperature_c", "gpu_utilization_pct", "memory_utilization_pct", "power_w",

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -33,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import List, Optional, Tuple
+
+from runwire.deploy.local.process import ManagedServer
 
 __all__ = ["ClickHouseServer"]
 
@@ -64,7 +65,7 @@ def _read_ports(path: Path) -> Optional[Tuple[int, int]]:
     return None
 
 
-class ClickHouseServer:
+class ClickHouseServer(ManagedServer):
     """The ClickHouse engine (chDB) served over HTTP and native TCP on 127.0.0.1, in a child process.
 
     Parameters:
@@ -221,30 +222,6 @@ class ClickHouseServer:
         if self._log is not None:
             self._log.close()
             self._log = None
-
-    def kill(self) -> None:
-        """SIGKILL the server at once (a crash, for fault tests). Data kept."""
-        if self._proc is not None and self._proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._proc.pid, signal.SIGKILL)
-        self.stop()
-
-    def restart(self, timeout: float = 60.0) -> "ClickHouseServer":
-        """Stop, then start again on the same data directory and the same ports (same URL)."""
-        self.stop()
-        return self.start(timeout)
-
-    def close(self) -> None:
-        """Stop, and delete the data directory if this object created it."""
-        self.stop()
-        if self._owns_dir:
-            shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def __enter__(self) -> "ClickHouseServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"

@@ -46,6 +46,8 @@ import uuid
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from runwire.deploy.local.process import ManagedServer
+
 __all__ = ["KafkaServer", "resolve_kafka_jars", "cache_root", "KAFKA_VERSION"]
 
 KAFKA_VERSION = "4.1.1"
@@ -243,7 +245,7 @@ sys.exit(code if code >= 0 else 128 - code)
 # --------------------------------------------------------------------------------------------
 
 
-class KafkaServer:
+class KafkaServer(ManagedServer):
     """One Kafka broker+controller (KRaft) in a child JVM, on 127.0.0.1.
 
     Parameters:
@@ -580,30 +582,6 @@ class KafkaServer:
         if self._stdout is not None:
             self._stdout.close()
             self._stdout = None
-
-    def kill(self) -> None:
-        """SIGKILL the broker at once (a crash, for fault tests). Data kept; ``start()`` recovers."""
-        if self._proc is not None and self._proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._proc.pid, signal.SIGKILL)
-        self.stop()
-
-    def restart(self, timeout: float = 120.0) -> "KafkaServer":
-        """Stop, then start again on the same ports and the same data directory."""
-        self.stop()
-        return self.start(timeout)
-
-    def close(self) -> None:
-        """Stop, and delete the data directory if this object created it."""
-        self.stop()
-        if self._owns_dir:
-            shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def __enter__(self) -> "KafkaServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"

@@ -19,7 +19,8 @@ def cmd_gateway(args) -> int:
     from runwire.ingest.gateway import GatewayConfig, create_gateway
 
     config = GatewayConfig.from_settings(listen=args.listen, mode=args.mode, kafka_bootstrap=args.kafka_bootstrap,
-                                         clickhouse_url=args.clickhouse_url)
+                                         clickhouse_url=args.clickhouse_url, tls_cert_file=args.tls_cert_file,
+                                         tls_key_file=args.tls_key_file)
     gateway = create_gateway(config).start()
     print(f"runwire gateway listening on {gateway.address} ({config.mode} mode)", flush=True)
     stop = threading.Event()
@@ -61,7 +62,8 @@ def cmd_migrate(args) -> int:
 def cmd_sync(args) -> int:
     from runwire.sync import sync
 
-    delivered, rejected, left = sync(args.spool_dir, args.gateway, args.token)
+    delivered, rejected, left = sync(args.spool_dir, args.gateway, args.token, tls=args.tls,
+                                     tls_ca_file=args.tls_ca_file)
     print(f"delivered {delivered} envelopes, rejected {rejected}, left {left}")
     return 0 if left == 0 else 1
 
@@ -107,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["kafka", "direct"], default=None, help="RUNWIRE_MODE, default kafka")
     p.add_argument("--kafka-bootstrap", default=None, help="RUNWIRE_KAFKA_BOOTSTRAP")
     p.add_argument("--clickhouse-url", default=None, help="direct mode: RUNWIRE_CLICKHOUSE_URL")
+    p.add_argument("--tls-cert-file", default=None, help="PEM certificate chain (RUNWIRE_TLS_CERT_FILE)")
+    p.add_argument("--tls-key-file", default=None, help="PEM private key (RUNWIRE_TLS_KEY_FILE)")
     p.set_defaults(func=cmd_gateway)
 
     p = sub.add_parser("ingest", help="run ingest workers: Kafka -> ClickHouse")
@@ -133,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spool_dir")
     p.add_argument("--gateway", default=None, help="host:port (RUNWIRE_GATEWAY)")
     p.add_argument("--token", default=None, help="bearer token (RUNWIRE_TOKEN)")
+    p.add_argument("--tls", action="store_true", default=None, help="connect with TLS (RUNWIRE_TLS)")
+    p.add_argument("--tls-ca-file", default=None, help="CA bundle in PEM (RUNWIRE_TLS_CA_FILE)")
     p.set_defaults(func=cmd_sync)
     return parser
 

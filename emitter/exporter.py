@@ -40,6 +40,8 @@ class EmitterConfig:
 
     gateway: str = "127.0.0.1:50051"     # RUNWIRE_GATEWAY: host:port of the gateway
     token: str = secret("")              # RUNWIRE_TOKEN: bearer token for the project
+    tls: bool = False                    # RUNWIRE_TLS: connect with TLS (use it whenever a token is set)
+    tls_ca_file: str = ""                # RUNWIRE_TLS_CA_FILE: CA bundle (PEM); default: system roots
     max_queue: int = 50_000              # log() calls buffered; beyond, the oldest are dropped
     batch_points: int = 8192             # points per envelope
     flush_interval_s: float = 0.5        # an envelope leaves at least this often
@@ -279,7 +281,7 @@ class Exporter:
             with self._cond:
                 conn.to_send.extend(sorted(self._entries))
                 self._conn = conn
-            channel = grpc.insecure_channel(self.config.gateway, options=options)
+            channel = open_channel(self.config, options)
             try:
                 call = channel.stream_stream(STREAM_METHOD, response_deserializer=pb.Ack.FromString)(
                     self._requests(conn), metadata=metadata)
@@ -502,6 +504,17 @@ def _take_groups(points: collections.deque, budget: int) -> list[tuple[tuple, li
         calls.append(call)
         taken += len(call_keys)
     return groups
+
+
+def open_channel(config: EmitterConfig, options: list | None = None) -> grpc.Channel:
+    """A channel to the gateway: TLS when configured, plaintext otherwise."""
+    if not config.tls:
+        return grpc.insecure_channel(config.gateway, options=options)
+    roots = None
+    if config.tls_ca_file:
+        with open(config.tls_ca_file, "rb") as f:
+            roots = f.read()
+    return grpc.secure_channel(config.gateway, grpc.ssl_channel_credentials(root_certificates=roots), options=options)
 
 
 def _details(exc: grpc.RpcError) -> str:

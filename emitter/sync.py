@@ -7,7 +7,7 @@ from pathlib import Path
 import grpc
 
 from runwire.config import build
-from runwire.exporter import EmitterConfig
+from runwire.exporter import EmitterConfig, open_channel
 from runwire.proto import telemetry_pb2 as pb
 from runwire.spool import spooled_files
 
@@ -16,16 +16,16 @@ _PERMANENT = (grpc.StatusCode.INVALID_ARGUMENT,)
 
 
 def sync(spool_dir: str | Path, gateway: str | None = None, token: str | None = None,
-         timeout_s: float = 30.0) -> tuple[int, int, int]:
+         timeout_s: float = 30.0, tls: bool | None = None, tls_ca_file: str | None = None) -> tuple[int, int, int]:
     """Send every spooled envelope, oldest first; remove each once acknowledged.
 
     Returns (delivered, rejected, left). Rejected envelopes (INVALID_ARGUMENT) are removed too:
     resending can never succeed. Storage deduplicates envelopes that were delivered before.
     """
-    settings = build(EmitterConfig, {"gateway": gateway, "token": token})
+    settings = build(EmitterConfig, {"gateway": gateway, "token": token, "tls": tls, "tls_ca_file": tls_ca_file})
     metadata = [("authorization", f"Bearer {settings.token}")] if settings.token else None
     delivered = rejected = left = 0
-    with grpc.insecure_channel(settings.gateway) as channel:
+    with open_channel(settings) as channel:
         publish = channel.unary_unary(PUBLISH_METHOD, response_deserializer=pb.Ack.FromString)
         for path in spooled_files(Path(spool_dir)):
             try:

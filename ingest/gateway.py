@@ -44,6 +44,8 @@ class GatewayConfig:
     clickhouse_url: str = ""                 # direct mode: where the ingest writer inserts
     clickhouse_database: str = "runwire"
     tokens: dict[str, str] = secret(default_factory=dict)  # project -> bearer token; empty: no auth
+    tls_cert_file: str = ""                  # PEM certificate chain; with tls_key_file: serve TLS
+    tls_key_file: str = ""                   # PEM private key
     max_workers: int = 256                   # concurrent streams (one thread each)
     max_pending: int = 20000                 # envelopes awaiting their sink; beyond: RESOURCE_EXHAUSTED
     drain_timeout_s: float = 30.0            # how long a closing stream waits for its last acks
@@ -56,6 +58,8 @@ class GatewayConfig:
             out.append("kafka_bootstrap (RUNWIRE_KAFKA_BOOTSTRAP) is required in kafka mode")
         if self.mode == "direct" and not self.clickhouse_url:
             out.append("clickhouse_url (RUNWIRE_CLICKHOUSE_URL) is required in direct mode")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            out.append("tls_cert_file and tls_key_file go together")
         if self.max_pending < 1 or self.max_workers < 1:
             out.append("max_pending and max_workers must be >= 1")
         return out
@@ -235,7 +239,12 @@ class Gateway:
         self.server.add_generic_rpc_handlers((self.service.handler(),))
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self.port = self.server.add_insecure_port(config.listen)
+        if config.tls_cert_file:
+            with open(config.tls_key_file, "rb") as key, open(config.tls_cert_file, "rb") as cert:
+                credentials = grpc.ssl_server_credentials([(key.read(), cert.read())])
+            self.port = self.server.add_secure_port(config.listen, credentials)
+        else:
+            self.port = self.server.add_insecure_port(config.listen)
         if self.port == 0:
             raise RuntimeError(f"cannot listen on {config.listen}")
         self._stopped = False
@@ -249,8 +258,10 @@ class Gateway:
         self.server.start()
         for name in ("", SERVICE):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("gateway listening on %s (mode %s, auth %s)", self.address, self.config.mode,
-                 "on" if self.config.tokens else "off")
+        log.info("gateway listening on %s (mode %s, auth %s, tls %s)", self.address, self.config.mode,
+                 "on" if self.config.tokens else "off", "on" if self.config.tls_cert_file else "off")
+        if self.config.tokens and not self.config.tls_cert_file:
+            log.warning("bearer tokens without TLS travel in plaintext: set tls_cert_file and tls_key_file")
         return self
 
     def stop(self, grace: float = 5.0) -> None:

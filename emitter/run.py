@@ -25,6 +25,9 @@ _live_runs: "weakref.WeakSet[Run]" = weakref.WeakSet()
 _MIN_STEP, _MAX_STEP = -(1 << 63), (1 << 63) - 1
 
 
+MAX_KEY_LEN, MAX_VALUE_LEN = 256, 8192  # the gateway's limits (README): one bad entry would reject them all
+
+
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """Nested config -> dotted keys with text values (what params are stored as)."""
     out: dict[str, str] = {}
@@ -34,6 +37,21 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
             out.update(flatten(value, name + "."))
         else:
             out[name] = str(value)
+    return out
+
+
+def within_limits(params: Mapping[str, str], what: str = "param") -> dict[str, str]:
+    """Params or tags the gateway accepts: bad keys are dropped and long values cut, each with a
+    warning, instead of losing the whole update."""
+    out = {}
+    for key, value in params.items():
+        if not 0 < len(key) <= MAX_KEY_LEN or not key.isprintable():
+            log.warning("runwire: %s key %r dropped: keys are 1-%d printable characters", what, key[:80], MAX_KEY_LEN)
+            continue
+        if len(value) > MAX_VALUE_LEN:
+            log.warning("runwire: %s %r cut to %d characters", what, key, MAX_VALUE_LEN)
+            value = value[:MAX_VALUE_LEN]
+        out[key] = value
     return out
 
 
@@ -96,7 +114,8 @@ class Run:
         self._points = self._exporter.points
         self._exporter.start(pb.RunStart(
             name=self.name, start_time_ns=time.time_ns(), git_commit=_git_commit(),
-            params=flatten(config or {}), tags={k: str(v) for k, v in tag_map.items()},
+            params=within_limits(flatten(config or {})),
+            tags=within_limits({str(k): str(v) for k, v in tag_map.items()}, "tag"),
             launcher=self.layout.launcher))
         if self.settings.gpu:
             self._start_gpu_sampler()
@@ -136,14 +155,14 @@ class Run:
     # -- params and tags -----------------------------------------------------------------
     def log_params(self, params: Mapping[str, Any]) -> None:
         if not self._inert and params:
-            self._exporter.add_control(params=pb.Params(params=flatten(params)))
+            self._exporter.add_control(params=pb.Params(params=within_limits(flatten(params))))
 
     def log_param(self, key: str, value: Any) -> None:
         self.log_params({key: value})
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if not self._inert and tags:
-            self._exporter.add_control(tags=pb.Tags(tags={k: str(v) for k, v in tags.items()}))
+            self._exporter.add_control(tags=pb.Tags(tags=within_limits({str(k): str(v) for k, v in tags.items()}, "tag")))
 
     def set_tag(self, key: str, value: Any) -> None:
         self.set_tags({key: value})

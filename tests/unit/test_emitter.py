@@ -558,3 +558,15 @@ def test_forked_child_logs_nothing_and_does_not_hang(gateway, sink, spool_dir):
     assert {record["pid"] for _, record in sink.snapshot()} == {os.getpid()}
     assert sink.bodies("params") == []
     assert len(sink.bodies("run_end")) == 1
+
+
+def test_params_beyond_the_gateway_limits_are_cut_or_dropped_not_lost_with_the_rest(gateway, sink, spool_dir):
+    run = start(gateway.address, spool_dir)
+    run.log_params({"lr": 0.1, "notes": "x" * 10_000, "k" * 300: 1})
+    run.finish(timeout=10)
+    params = {}
+    for body in sink.bodies("params"):
+        params.update(body["params"])
+    assert params["lr"] == "0.1"
+    assert params["notes"] == "x" * 8192
+    assert "k" * 300 not in params

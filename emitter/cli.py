@@ -31,11 +31,18 @@ def cmd_gateway(args) -> int:
 
 
 def cmd_ingest(args) -> int:
+    from runwire.ingest.alerts.engine import AlertConfig, build_engine
     from runwire.ingest.worker import IngestConfig, create_worker
+    from runwire.storage.client import connect
 
     config = IngestConfig.from_settings(kafka_bootstrap=args.kafka_bootstrap, clickhouse_url=args.clickhouse_url,
                                         group_id=args.group_id)
-    workers = [create_worker(config) for _ in range(args.workers)]
+    # One alert engine per process, shared by its workers (observe() is thread-safe); periodic
+    # rules (RUNWIRE_ALERT_PERIODIC) belong in one process of the cluster.
+    alerts = build_engine(AlertConfig.from_settings(),
+                          lambda: connect(config.clickhouse_url, config.clickhouse_database))
+    workers = [create_worker(config, observers=[alerts.observe]) for _ in range(args.workers)]
+    alerts.start()
     threads = [threading.Thread(target=w.run, name=f"runwire-ingest-{i}") for i, w in enumerate(workers)]
     for t in threads:
         t.start()
@@ -47,6 +54,7 @@ def cmd_ingest(args) -> int:
         w.stop()
     for t in threads:
         t.join()
+    alerts.stop()
     return 0
 
 
@@ -71,7 +79,7 @@ def cmd_sync(args) -> int:
 def cmd_up(args) -> int:
     from runwire.deploy.local.stack import LocalStack
 
-    with LocalStack(data_dir=args.data_dir, kafka=args.kafka, gateway_listen=args.listen) as stack:
+    with LocalStack(data_dir=args.data_dir, kafka=args.kafka, gateway_listen=args.listen, alerts=True) as stack:
         print(stack.describe(), flush=True)
         stop = threading.Event()
         _install_stop_signals(stop)

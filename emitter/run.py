@@ -235,14 +235,26 @@ def _check_numbers(data: Mapping[str, Any]) -> None:
             raise TypeError(f"runwire strict mode: value of {key!r} is {type(value).__name__}, not a number") from None
 
 
+_fake_nvml = None
+
+
 def _nvml_override():
     """Tests and the demo can swap NVML for the fake via RUNWIRE_FAKE_NVML=<seed>."""
+    global _fake_nvml
     seed = os.environ.get("RUNWIRE_FAKE_NVML")
     if not seed:
         return None
-    from runwire.testing.fake_nvml import FakeNvml
+    if _fake_nvml is None:
+        from runwire.testing.fake_nvml import FakeNvml
 
-    return FakeNvml.h100_node(n_gpus=int(os.environ.get("RUNWIRE_FAKE_GPUS", "2")), node_seed=int(seed))
+        _fake_nvml = FakeNvml.h100_node(n_gpus=int(os.environ.get("RUNWIRE_FAKE_GPUS", "2")), node_seed=int(seed))
+    return _fake_nvml
+
+
+def fake_nvml():
+    """This process's simulated NVML (RUNWIRE_FAKE_NVML=<seed>), or None: the demo and tests
+    inject anomalies into its GPUs (`fake_nvml().gpus[i].set_temperature(93)`)."""
+    return _nvml_override()
 
 
 _failed = False

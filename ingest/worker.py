@@ -60,8 +60,9 @@ class _FlushOnRevoke(ConsumerRebalanceListener):
         self.worker = worker
 
     def on_partitions_revoked(self, revoked):
-        # Write and commit what we hold before another worker takes these partitions over.
-        if revoked:
+        # Write and commit what we hold before another worker takes these partitions over. While
+        # closing, run() has already done so, and kafka-python cannot commit from close().
+        if revoked and not self.worker.closing:
             self.worker.flush()
 
     def on_partitions_assigned(self, assigned):
@@ -81,6 +82,7 @@ class IngestWorker:
         self.backoff = backoff
         self.topics = topic_names(config.topic_prefix)
         self._stop = threading.Event()
+        self.closing = False
         self._buffer: list[tuple[str, dict]] = []
         self._buffer_rows = 0
         self._buffer_since = 0.0
@@ -115,6 +117,7 @@ class IngestWorker:
                     self._commit()  # only dead letters were polled
             self.flush()
         finally:
+            self.closing = True
             self.consumer.close(autocommit=False)
             self.producer.close(timeout=10)
 
@@ -215,11 +218,12 @@ def _repack(kind: str, decoded: dict) -> dict:
     return out
 
 
-def create_worker(config: IngestConfig) -> IngestWorker:
+def create_worker(config: IngestConfig, observers: list | None = None) -> IngestWorker:
+    """A worker with its own ClickHouse client; observers: e.g. [alert_engine.observe]."""
     from runwire.storage.client import connect
     from runwire.storage.schema import migrate
     from runwire.storage.writer import StorageWriter
 
     client = connect(config.clickhouse_url, config.clickhouse_database)
     migrate(client, ttl_days=config.ttl_days)
-    return IngestWorker(config, StorageWriter(client))
+    return IngestWorker(config, StorageWriter(client), observers=observers)

@@ -47,6 +47,11 @@ def _translate(statement: str) -> str:
         local = statement.replace(view.group(0), f"CREATE MATERIALIZED VIEW IF NOT EXISTS runwire.{v} ON CLUSTER runwire "
                                                   f"TO runwire.{t}_local AS")
         return re.sub(r"\bFROM (\w+)\b", r"FROM runwire.\1_local", local)
+    insert = re.match(r"INSERT INTO (\w+)\b", statement)
+    if insert:
+        # A backfill: through the Distributed tables, which shard by the same run key.
+        statement = statement.replace(insert.group(0), f"INSERT INTO runwire.{insert.group(1)}", 1)
+        return re.sub(r"\bFROM (\w+)\b", r"FROM runwire.\1", statement)
     raise ValueError(f"no cluster translation for: {statement[:60]}")
 
 

@@ -219,3 +219,32 @@ SELECT
     groupBitOr(throttle_reasons) AS throttle_reasons_any
 FROM runwire.gpu_samples_local
 GROUP BY project, host, gpu_uuid, minute;
+
+-- from 0003_metrics_summary.sql
+CREATE TABLE IF NOT EXISTS runwire.metrics_summary_local ON CLUSTER runwire
+(
+    project     LowCardinality(String),
+    run_id      String,
+    name        LowCardinality(String),
+    min_value   SimpleAggregateFunction(min, Float64),
+    max_value   SimpleAggregateFunction(max, Float64),
+    last_step   SimpleAggregateFunction(max, Int64),
+    last_value  AggregateFunction(argMax, Float64, Tuple(Int64, Int64, DateTime64(3, 'UTC')))
+)
+ENGINE = ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/runwire/metrics_summary', '{replica}')
+ORDER BY (project, run_id, name);
+
+CREATE TABLE IF NOT EXISTS runwire.metrics_summary ON CLUSTER runwire AS runwire.metrics_summary_local
+ENGINE = Distributed(runwire, runwire, metrics_summary_local, cityHash64(project, run_id));
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS runwire.metrics_summary_mv ON CLUSTER runwire TO runwire.metrics_summary_local AS
+SELECT project, run_id, name,
+       min(value) AS min_value, max(value) AS max_value, max(step) AS last_step,
+       argMaxState(value, (step, -toInt64(rank), ts)) AS last_value
+FROM runwire.metrics_local
+GROUP BY project, run_id, name;
+
+INSERT INTO runwire.metrics_summary
+SELECT project, run_id, name, min(value), max(value), max(step), argMaxState(value, (step, -toInt64(rank), ts))
+FROM runwire.metrics
+GROUP BY project, run_id, name;

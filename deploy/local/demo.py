@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 PROJECT = "demo"
 
@@ -22,14 +23,25 @@ def train(duration_s: float, seed: int) -> dict:
     """The body of one simulated rank: a loss curve, accuracy, step time and throughput."""
     import runwire
 
+    from runwire.run import fake_nvml
+
     rng = random.Random(seed)
     run = runwire.init(project=PROJECT, name="demo-llm", config={
         "model": {"layers": 24, "hidden": 2048}, "lr": 3e-4, "batch_size": 512, "optimizer": "adamw"},
         tags={"team": "demo"}, gpu_interval_s=0.5)
     rank = run.layout.rank
+    # Anomalies the launcher asked this rank to show (seconds into the run; unset: none).
+    overheat_at = float(os.environ.get("RUNWIRE_DEMO_OVERHEAT_AT_S", "inf"))
+    straggle_at = float(os.environ.get("RUNWIRE_DEMO_STRAGGLE_AT_S", "inf"))
     step, started = 0, time.monotonic()
     while time.monotonic() - started < duration_s:
+        elapsed = time.monotonic() - started
+        if elapsed >= overheat_at and fake_nvml() is not None:
+            fake_nvml().gpus[run.layout.local_rank].set_temperature(93)  # the GPU this rank samples
+            overheat_at = float("inf")
         step_time = 0.01 * (1 + 0.1 * rng.random()) * (1.0 + 0.05 * rank)
+        if elapsed >= straggle_at:
+            step_time *= 2.5  # a slow rank: every other rank waits for it at the next all-reduce
         time.sleep(step_time)
         loss = 4.0 * math.exp(-step / 800) + 1.2 + 0.05 * rng.gauss(0, 1)
         run.log({"loss": loss, "accuracy": 1 - loss / 6, "step_time_s": step_time,
@@ -44,17 +56,25 @@ def _rank_main() -> int:
     return 0
 
 
-def launch_ranks(gateway: str, run_id: str, duration_s: float, nodes: int, ranks_per_node: int) -> list[subprocess.Popen]:
-    """Start nodes x ranks_per_node rank processes with a torchrun-like environment."""
+def launch_ranks(gateway: str, run_id: str, duration_s: float, nodes: int, ranks_per_node: int,
+                 anomalies: bool = False) -> list[subprocess.Popen]:
+    """Start nodes x ranks_per_node rank processes with a torchrun-like environment. With
+    anomalies, the first GPU of the last node overheats after 25% of the run and the last rank
+    straggles (2.5x step time) after 30% of it."""
     procs = []
     world = nodes * ranks_per_node
     for node in range(nodes):
         for local in range(ranks_per_node):
-            env = dict(os.environ, RUNWIRE_GATEWAY=gateway, RUNWIRE_RUN_ID=run_id, RANK=str(node * ranks_per_node + local),
+            rank = node * ranks_per_node + local
+            env = dict(os.environ, RUNWIRE_GATEWAY=gateway, RUNWIRE_RUN_ID=run_id, RANK=str(rank),
                        LOCAL_RANK=str(local), GROUP_RANK=str(node), WORLD_SIZE=str(world),
                        LOCAL_WORLD_SIZE=str(ranks_per_node), RUNWIRE_HOST=f"node-{node}",
                        RUNWIRE_FAKE_NVML=str(node + 1), RUNWIRE_FAKE_GPUS=str(ranks_per_node),
                        RUNWIRE_DEMO_DURATION_S=str(duration_s))
+            if anomalies and node == nodes - 1 and local == 0:
+                env["RUNWIRE_DEMO_OVERHEAT_AT_S"] = str(0.25 * duration_s)
+            if anomalies and rank == world - 1 and world > 2:
+                env["RUNWIRE_DEMO_STRAGGLE_AT_S"] = str(0.3 * duration_s)
             procs.append(subprocess.Popen([sys.executable, "-m", "runwire.deploy.local.demo"], env=env,
                                           stdout=subprocess.PIPE, text=True))
     return procs
@@ -101,25 +121,44 @@ def report(client, run_id: str) -> str:
     lines += [f"{r[0]:>4}  {r[1]:<8} {r[2]:>8} {r[4]:>9} {r[3]:>9.4f}" for r in per_rank]
     lines += ["", f"{'host':<8} {'gpu':>3}  {'uuid':<40} {'samples':>7} {'max temp C':>10} {'max mem GiB':>11}"]
     lines += [f"{g[0]:<8} {g[1]:>3}  {g[2]:<40} {g[3]:>7} {g[4]:>10} {g[5]:>11}" for g in gpus]
+    from runwire.ingest.alerts.report import run_timeline
+
+    lines += ["", run_timeline(client, run_id)]
     return "\n".join(lines)
 
 
 def run_demo(duration_s: float = 20.0, nodes: int = 2, ranks_per_node: int = 2, data_dir: str | None = None) -> int:
+    from importlib import resources
+
     from runwire.deploy.local.stack import LocalStack
+    from runwire.ingest.alerts.engine import AlertConfig
+    from runwire.ingest.alerts.notify import CallbackNotifier, format_event
 
     run_id = f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    with LocalStack(data_dir=data_dir) as stack:
+    # The built-in rules with durations that fit a 20-second run (see the file); webhooks from
+    # RUNWIRE_ALERT_WEBHOOK_URL / RUNWIRE_ALERT_SLACK_URL when set.
+    rules = os.environ.get("RUNWIRE_ALERT_RULES") or str(resources.files("runwire.ingest.alerts") / "demo_rules.toml")
+    alerts = AlertConfig.from_settings(rules=rules, log=False)
+    printer = CallbackNotifier(lambda event: print(f"  ALERT {format_event(event)}", flush=True), name="demo")
+    with LocalStack(data_dir=data_dir, alerts=alerts, alert_notifiers=(printer,)) as stack:
         print(stack.describe(), flush=True)
         print(f"\nsimulating {nodes} nodes x {ranks_per_node} ranks for {duration_s:.0f} s (run {run_id}) ...", flush=True)
         started = time.monotonic()
-        summaries = collect(launch_ranks(stack.gateway.address, run_id, duration_s, nodes, ranks_per_node),
+        summaries = collect(launch_ranks(stack.gateway.address, run_id, duration_s, nodes, ranks_per_node,
+                                         anomalies=True),
                             timeout_s=duration_s + 120)
         emitted = int(sum(s["runwire.points"] for s in summaries))
         client = stack.client()
         stored = wait_for_rows(client, run_id, emitted)
+        stack.alerts.evaluate_periodic()  # the straggler's last evaluation, with all data stored
+        stack.alerts.flush(10)
         print(f"\n{len(summaries)} ranks emitted {emitted} points in {time.monotonic() - started:.1f} s; "
               f"stored {stored}; dropped {int(sum(s['runwire.dropped'] for s in summaries))}\n")
         print(report(client, run_id), flush=True)
+        from runwire.storage.report import write_report
+
+        path = write_report(client, [run_id], Path("build") / f"{run_id}.html")
+        print(f"\nreport: {path.resolve()}", flush=True)
     return 0 if stored == emitted else 1
 
 

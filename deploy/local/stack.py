@@ -19,7 +19,10 @@ from runwire.deploy.local.clickhouse import ClickHouseServer
 class LocalStack:
     def __init__(self, data_dir: str | None = None, kafka: bool = False, gateway_listen: str = "127.0.0.1:0",
                  clickhouse_url: str | None = None, kafka_bootstrap: str | None = None,
-                 database: str = "runwire", topic_prefix: str = "runwire.", group_id: str = "runwire-ingest") -> None:
+                 database: str = "runwire", topic_prefix: str = "runwire.", group_id: str = "runwire-ingest",
+                 alerts=None, alert_notifiers: tuple = ()) -> None:
+        """alerts: an AlertConfig (runwire.ingest.alerts.engine), True for AlertConfig.from_settings()
+        (RUNWIRE_ALERT_*), or None/False for no alerting; alert_notifiers: extra notifiers."""
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="runwire-stack-"))
         self.kafka_bootstrap = kafka_bootstrap or os.environ.get("RUNWIRE_KAFKA_BOOTSTRAP") or None
@@ -34,6 +37,9 @@ class LocalStack:
         self.gateway = None
         self.worker = None
         self._worker_thread: threading.Thread | None = None
+        self.alert_config = alerts
+        self.alert_notifiers = tuple(alert_notifiers)
+        self.alerts = None  # the alert engine, when alerting is on
 
     @property
     def mode(self) -> str:
@@ -51,16 +57,35 @@ class LocalStack:
 
                 self.kafka = KafkaServer(data_dir=self.data_dir / "kafka").start()
                 self.kafka_bootstrap = self.kafka.bootstrap
+            if self.alert_config:
+                self.start_alerts()
             if self.mode == "kafka":
                 self.start_worker()
             config = GatewayConfig.from_settings(
                 listen=self.gateway_listen, mode=self.mode, kafka_bootstrap=self.kafka_bootstrap or "",
                 clickhouse_url=self.clickhouse_url, clickhouse_database=self.database, topic_prefix=self.topic_prefix)
-            self.gateway = create_gateway(config).start()
+            gateway = create_gateway(config)
+            if self.alerts is not None and self.mode == "direct":
+                gateway.sink.observers.append(self.alerts.observe)  # DirectSink: observed as it arrives
+            self.gateway = gateway.start()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def start_alerts(self):
+        """The alert engine, with its own ClickHouse client (stream rules fed by the ingest path)."""
+        from runwire.ingest.alerts.engine import AlertConfig, build_engine
+        from runwire.storage.client import connect
+        from runwire.storage.schema import migrate
+
+        config = AlertConfig.from_settings() if self.alert_config is True else self.alert_config
+        client = connect(self.clickhouse_url, self.database)
+        migrate(client)  # the alerts table must exist before the engine reads its open alerts
+        client.close()
+        self.alerts = build_engine(config, lambda: connect(self.clickhouse_url, self.database),
+                                   notifiers=self.alert_notifiers).start()
+        return self.alerts
 
     def start_worker(self):
         """Start (or restart) the ingest worker thread; fault tests call this after a kill."""
@@ -69,7 +94,7 @@ class LocalStack:
         config = IngestConfig.from_settings(
             kafka_bootstrap=self.kafka_bootstrap, clickhouse_url=self.clickhouse_url,
             clickhouse_database=self.database, topic_prefix=self.topic_prefix, group_id=self.group_id)
-        self.worker = create_worker(config)
+        self.worker = create_worker(config, observers=[self.alerts.observe] if self.alerts is not None else None)
         self._worker_thread = threading.Thread(target=self.worker.run, name="runwire-ingest", daemon=True)
         self._worker_thread.start()
         return self.worker
@@ -99,6 +124,9 @@ class LocalStack:
             self.gateway.stop()
             self.gateway = None
         self.stop_worker()
+        if self.alerts is not None:
+            self.alerts.stop()  # after the ingest path: what it observed is evaluated and written
+            self.alerts = None
         if self.kafka is not None:
             self.kafka.stop()
             self.kafka = None

@@ -1,0 +1,785 @@
+"""Reading runs, metric curves and GPU health back out of ClickHouse (thin I/O over
+runwire.storage.filters).
+
+Every value reaches ClickHouse as a server-side parameter (``{name:Type}``); the only names
+formatted into SQL are fixed column names and the GPU field, which is checked against
+:data:`GPU_FIELDS` first.
+
+How the queries stay fast at scale (see bench/query.py):
+
+* Every per-run query filters on the sorting-key prefix ``(project, run_id, name, rank)``. A
+  run id alone is resolved to its project once (from ``runs``/``run_ranks``, cached).
+* Aggregates that a replayed (not yet merged) batch cannot change (min, max, argMax/last) read
+  the tables without ``FINAL``; counts are ``uniqExact`` over the point key and medians read
+  ``FINAL``, so replays never inflate them.
+* A run's last/min/max per metric (search, compare, show) comes from the proposed
+  ``metrics_summary`` table when the database has it (one row per run and metric: see
+  PROPOSED_SUMMARY_MIGRATION), else from the per-minute rollup ``metrics_1m``, whose row with the
+  highest step holds the run's last value. At 1,000 runs x 100 million points a search reads
+  10,000 summary rows instead of 3.4 million rollup rows (p50 53 ms instead of 213 ms).
+* Time curves wider than one minute per bucket, the GPU timeline over long ranges and the
+  fleet views (hottest GPUs, memory headroom) read the per-minute rollups.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+from typing import Any, Iterable, Sequence
+
+from runwire.storage import filters as _filters
+
+__all__ = ["RunQueries", "QueryError", "NotFound", "RunNotFound", "GPU_FIELDS"]
+
+# The per-sample GPU float columns (runwire.ingest.codec.GPU_FLOAT_COLUMNS; a test keeps them
+# equal). Copied, not imported, so reading needs no Avro/Kafka imports.
+GPU_FIELDS = (
+    "memory_used_bytes", "memory_total_bytes", "temperature_c", "memory_temperature_c",
+    "gpu_utilization_pct", "memory_utilization_pct", "power_w", "power_limit_w",
+    "sm_clock_mhz", "memory_clock_mhz", "ecc_corrected", "ecc_uncorrected",
+)
+
+_UTC = dt.timezone.utc
+
+# A run's last value of a metric from the per-minute rollup: the row with the highest step
+# holds it (a row's last_value is the minute's last point by time); between ranks at the same
+# step the lowest rank wins, so the answer is deterministic.
+_ROLLUP_LAST = "argMax(finalizeAggregation(last_value), (max_step, -toInt64(rank), minute))"
+
+# GROUP BY a prefix of the sorting key streams instead of hashing: measured 1.3-2x faster on
+# the rollups (bench/query.py).
+_IN_ORDER = {"optimize_aggregation_in_order": 1}
+
+# The schema change the read side wants (proposed migration 0003_metrics_summary.sql, not part
+# of `runwire migrate` yet): one row per run and metric, so search, compare and show read ~10
+# rows per run instead of ~40 rollup rows per rank. RunQueries uses the table when it exists.
+# min, max and the argMax state are exact under replays (no count on purpose: it would not be).
+PROPOSED_SUMMARY_MIGRATION = """\
+-- A run's summary per metric: min, max and the last value (highest step, then lowest rank,
+-- then latest time), exact under replays. One row per run and metric once merged.
+CREATE TABLE IF NOT EXISTS metrics_summary
+(
+    project     LowCardinality(String),
+    run_id      String,
+    name        LowCardinality(String),
+    min_value   SimpleAggregateFunction(min, Float64),
+    max_value   SimpleAggregateFunction(max, Float64),
+    last_step   SimpleAggregateFunction(max, Int64),
+    last_value  AggregateFunction(argMax, Float64, Tuple(Int64, Int64, DateTime64(3, 'UTC')))
+)
+ENGINE = AggregatingMergeTree
+ORDER BY (project, run_id, name);
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS metrics_summary_mv TO metrics_summary AS
+SELECT project, run_id, name,
+       min(value) AS min_value, max(value) AS max_value, max(step) AS last_step,
+       argMaxState(value, (step, -toInt64(rank), ts)) AS last_value
+FROM metrics
+GROUP BY project, run_id, name;
+
+-- Backfill what was stored before the view existed (run once, by the migration).
+INSERT INTO metrics_summary
+SELECT project, run_id, name, min(value), max(value), max(step), argMaxState(value, (step, -toInt64(rank), ts))
+FROM metrics
+GROUP BY project, run_id, name;
+"""
+
+
+class QueryError(Exception):
+    """A query that cannot be answered as asked (bad argument, refused statement). The message
+    is meant for the user, without a traceback."""
+
+
+class NotFound(QueryError, LookupError):
+    """Nothing stored matches (an unknown run, a GPU without samples)."""
+
+
+class RunNotFound(NotFound):
+    """No run with this id (in this project)."""
+
+
+def _utc(value):
+    """ClickHouse returns naive datetimes for UTC columns; ours are always aware."""
+    if isinstance(value, dt.datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=_UTC)
+    return value
+
+
+def _epoch_ms(value) -> int:
+    """A datetime (naive = UTC) or seconds since the epoch -> integer milliseconds."""
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=_UTC)
+        return int(round(value.timestamp() * 1000))
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return int(round(value * 1000))
+    raise QueryError(f"expected a datetime or seconds since the epoch, got {value!r}")
+
+
+def _from_ms(ms: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ms / 1000, tz=_UTC)
+
+
+def _positive_int(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise QueryError(f"{what} must be a positive integer, got {value!r}")
+    return value
+
+
+def _ranks_list(ranks) -> list[int] | None:
+    if ranks is None:
+        return None
+    ranks = [ranks] if isinstance(ranks, int) else list(ranks)
+    if not ranks or any(isinstance(r, bool) or not isinstance(r, int) or r < 0 for r in ranks):
+        raise QueryError(f"ranks must be non-negative integers, got {ranks!r}")
+    return sorted(set(ranks))
+
+
+class RunQueries:
+    """Read-side queries over the runwire schema.
+
+    client: a clickhouse-connect client bound to the runwire database
+    (``runwire.storage.client.connect(url, database, create=False)``). Every method is one to
+    four round trips; results are plain dicts and lists (datetimes are timezone-aware UTC).
+    """
+
+    def __init__(self, client) -> None:
+        self.client = client
+        # (project argument or None, run_id) -> project: a run never changes project.
+        self._project_of: dict[tuple[str | None, str], str] = {}
+        self._summary_table: bool | None = None
+
+    # --- plumbing ----------------------------------------------------------------------------
+
+    def _query(self, sql: str, params: dict | None = None, settings: dict | None = None) -> list[dict]:
+        result = self.client.query(sql, parameters=params or {}, settings=settings)
+        names = result.column_names
+        return [dict(zip(names, row)) for row in result.result_rows]
+
+    def has_metrics_summary(self) -> bool:
+        """Whether the database has the proposed ``metrics_summary`` table (checked once)."""
+        if self._summary_table is None:
+            self._summary_table = bool(self.client.query(
+                "SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = 'metrics_summary'"
+            ).result_rows[0][0])
+        return self._summary_table
+
+    def _summary_sql(self, where: str, last_only: bool = False) -> tuple[str, dict | None]:
+        """SQL of (project, run_id, name, last[, step, min, max]) per run and metric."""
+        if self.has_metrics_summary():
+            extra = "" if last_only else ", max(last_step) AS step, min(min_value) AS min, max(max_value) AS max"
+            return (f"SELECT toString(project) AS project, run_id, toString(name) AS name, "
+                    f"argMaxMerge(last_value) AS last{extra} FROM metrics_summary WHERE {where} "
+                    "GROUP BY project, run_id, name", None)
+        extra = "" if last_only else ", max(max_step) AS step, min(min_value) AS min, max(max_value) AS max"
+        return (f"SELECT toString(project) AS project, run_id, toString(name) AS name, {_ROLLUP_LAST} AS last{extra} "
+                f"FROM metrics_1m WHERE {where} GROUP BY project, run_id, name", _IN_ORDER)
+
+    def _resolve(self, run_ids: Sequence[str], project: str | None) -> dict[str, str]:
+        """run_id -> project for every run id; RunNotFound for unknown ones. A run id that
+        exists in several projects needs ``project``."""
+        run_ids = list(dict.fromkeys(run_ids))
+        for run_id in run_ids:
+            if not isinstance(run_id, str) or not run_id:
+                raise QueryError(f"run ids must be non-empty strings, got {run_id!r}")
+        known = {r: self._project_of[(project, r)] for r in run_ids if (project, r) in self._project_of}
+        missing = [r for r in run_ids if r not in known]
+        if missing:
+            where = "run_id IN {ids:Array(String)}" + (" AND project = {p:String}" if project is not None else "")
+            rows = self._query(
+                f"SELECT run_id, arraySort(groupUniqArray(toString(project))) AS projects FROM ("
+                f" SELECT project, run_id FROM runs WHERE {where}"
+                f" UNION ALL SELECT project, run_id FROM run_ranks WHERE {where}) GROUP BY run_id",
+                {"ids": missing, "p": project})
+            found = {row["run_id"]: row["projects"] for row in rows}
+            absent = [r for r in missing if r not in found]
+            if absent:
+                scope = f" in project {project!r}" if project is not None else ""
+                raise RunNotFound(f"no run {', '.join(map(repr, absent))}{scope}")
+            for run_id, projects in found.items():
+                if len(projects) > 1:
+                    raise QueryError(f"run {run_id!r} exists in projects {', '.join(projects)}: pass a project")
+                known[run_id] = self._project_of[(project, run_id)] = projects[0]
+        return {r: known[r] for r in run_ids}
+
+    def _metric_summaries(self, pairs: Iterable[tuple[str, str]], names: Sequence[str] | None = None,
+                          last_only: bool = False) -> dict[tuple[str, str], dict[str, dict]]:
+        """{(project, run_id): {metric: {"last", "step", "min", "max"}}}.
+
+        From metrics_summary when the database has it, else from the per-minute rollup. min and
+        max are exact under replays; "last" is the value at the highest step (any rank; the
+        lowest rank on a tie); "step" is that step.
+        """
+        pairs = list(pairs)
+        if not pairs:
+            return {}
+        params = {"ps": sorted({p for p, _ in pairs}), "rs": sorted({r for _, r in pairs})}
+        name_filter = ""
+        if names is not None:
+            params["ns"] = list(names)
+            name_filter = " AND name IN {ns:Array(String)}"
+        sql, settings = self._summary_sql(
+            "project IN {ps:Array(String)} AND run_id IN {rs:Array(String)}" + name_filter, last_only)
+        rows = self._query(sql + " ORDER BY project, run_id, name", params, settings)
+        wanted = set(pairs)
+        out: dict[tuple[str, str], dict[str, dict]] = {}
+        for row in rows:
+            key = (row.pop("project"), row.pop("run_id"))
+            if key in wanted:
+                out.setdefault(key, {})[row.pop("name")] = row
+        return out
+
+    # --- runs --------------------------------------------------------------------------------
+
+    def list_runs(self, project: str | None = None, status: str | None = None, limit: int = 100) -> list[dict]:
+        """Newest runs first: run_id, project, name, status, start_time, end_time, world_size,
+        hosts (sorted) and ranks (how many ranks reported). project / status: exact filters."""
+        limit = _positive_int(limit, "limit")
+        params: dict[str, Any] = {"limit": limit}
+        where = ""
+        if project is not None:
+            where = " WHERE project = {p:String}"
+            params["p"] = project
+        status_filter = ""
+        if status is not None:
+            # On the outer query: a WHERE on a non-key column must not run before FINAL merges.
+            status_filter = " WHERE r.status = {s:String}"
+            params["s"] = status.upper()
+        rows = self._query(
+            "SELECT r.run_id AS run_id, toString(r.project) AS project, r.name AS name, toString(r.status) AS status, "
+            "r.start_time AS start_time, r.end_time AS end_time, r.world_size AS world_size, "
+            "k.hosts AS hosts, k.ranks AS ranks "
+            f"FROM (SELECT project, run_id, name, status, start_time, end_time, world_size FROM runs FINAL{where}) AS r "
+            "LEFT JOIN (SELECT project, run_id, arraySort(groupUniqArray(toString(host))) AS hosts, count() AS ranks "
+            f"  FROM run_ranks FINAL{where} GROUP BY project, run_id) AS k "
+            "ON k.project = r.project AND k.run_id = r.run_id"
+            f"{status_filter} ORDER BY r.start_time DESC, r.run_id LIMIT {{limit:UInt64}}", params)
+        for row in rows:
+            row["start_time"], row["end_time"] = _utc(row["start_time"]), _utc(row["end_time"])
+        return rows
+
+    def get_run(self, run_id: str, project: str | None = None) -> dict:
+        """One run: run_id, project, name, status, start_time, end_time, exit_code, git_commit,
+        launcher, world_size, summary, params, tags, ranks [{rank, local_rank, node_rank, host,
+        status, pid, start_time, end_time, exit_code}], hosts, and metrics {name: {last, step,
+        min, max}}. Raises RunNotFound."""
+        project = self._resolve([run_id], project)[run_id]
+        params = {"p": project, "r": run_id}
+        runs = self._query(
+            "SELECT name, toString(status) AS status, start_time, end_time, exit_code, git_commit, "
+            "toString(launcher) AS launcher, world_size, summary "
+            "FROM runs FINAL WHERE project = {p:String} AND run_id = {r:String}", params)
+        ranks = self._query(
+            "SELECT rank, local_rank, node_rank, toString(host) AS host, toString(status) AS status, pid, "
+            "start_time, end_time, exit_code FROM run_ranks FINAL "
+            "WHERE project = {p:String} AND run_id = {r:String} ORDER BY rank", params)
+        kv = self._query(
+            "SELECT 'params' AS kind, key, value FROM params FINAL WHERE project = {p:String} AND run_id = {r:String} "
+            "UNION ALL SELECT 'tags' AS kind, key, value FROM tags FINAL "
+            "WHERE project = {p:String} AND run_id = {r:String}", params)
+        run = runs[0] if runs else {
+            # Rank 0's start has not arrived yet: what the other ranks said.
+            "name": "", "status": ranks[0]["status"] if ranks else "", "start_time": min(r["start_time"] for r in ranks)
+            if ranks else None, "end_time": None, "exit_code": None, "git_commit": "", "launcher": "",
+            "world_size": max((r["rank"] for r in ranks), default=-1) + 1, "summary": {}}
+        for row in ranks:
+            row["start_time"], row["end_time"] = _utc(row["start_time"]), _utc(row["end_time"])
+        return {
+            "run_id": run_id, "project": project, **run,
+            "start_time": _utc(run["start_time"]), "end_time": _utc(run["end_time"]),
+            "summary": dict(run["summary"]),
+            "params": dict(sorted((r["key"], r["value"]) for r in kv if r["kind"] == "params")),
+            "tags": dict(sorted((r["key"], r["value"]) for r in kv if r["kind"] == "tags")),
+            "ranks": ranks,
+            "hosts": sorted({r["host"] for r in ranks}),
+            "metrics": self._metric_summaries([(project, run_id)]).get((project, run_id), {}),
+        }
+
+    def metric_names(self, run_id: str, project: str | None = None) -> list[str]:
+        """Names of the metrics a run logged, sorted."""
+        project = self._resolve([run_id], project)[run_id]
+        rows = self._query("SELECT DISTINCT toString(name) AS name FROM metrics_1m "
+                           "WHERE project = {p:String} AND run_id = {r:String} ORDER BY name",
+                           {"p": project, "r": run_id})
+        return [row["name"] for row in rows]
+
+    # --- curves ------------------------------------------------------------------------------
+
+    def curve(self, run_id: str, metric: str, x: str = "step", buckets: int = 1000, ranks=None,
+              across_ranks: bool = False, project: str | None = None) -> list[dict]:
+        """A metric's curve, downsampled into at most ``buckets`` buckets per series, keeping
+        each bucket's min, max and last so that a single spike stays visible. Deterministic.
+
+        x: "step" (equal-width step buckets) or "time" (equal-width time buckets; buckets of a
+        minute or more read the per-minute rollup, whose count includes replayed batches not
+        yet merged). ranks: an int or ints to keep (default all).
+
+        Per rank (default): rows {bucket_start, rank, min, max, last, count} ordered by rank,
+        bucket_start. across_ranks=True: one series, rows {bucket_start, rank: None, min (of the
+        ranks' mins), max (of the maxes), mean (of the ranks' last values), last (the value at
+        the bucket's highest step, any rank), count (points), ranks (ranks present)}.
+        bucket_start is a step (int) or a UTC datetime. NaN is skipped by min/max (ClickHouse
+        semantics) but shows as ``last``.
+        """
+        if x not in ("step", "time"):
+            raise QueryError(f"x must be 'step' or 'time', got {x!r}")
+        buckets = _positive_int(buckets, "buckets")
+        ranks = _ranks_list(ranks)
+        project = self._resolve([run_id], project)[run_id]
+        params: dict[str, Any] = {"p": project, "r": run_id, "m": metric, "n": buckets}
+        where = "project = {p:String} AND run_id = {r:String} AND name = {m:String}"
+        if ranks is not None:
+            params["ks"] = ranks
+            where += " AND rank IN {ks:Array(UInt32)}"
+        if x == "time":
+            found = self._query("SELECT count() AS n, min(minute) AS lo, max(minute) AS hi FROM metrics_1m "
+                                f"WHERE {where}", params)[0]
+            if not found["n"]:
+                return []
+            lo = int(_utc(found["lo"]).timestamp())
+            hi = int(_utc(found["hi"]).timestamp()) + 60
+            if (hi - lo) / buckets >= 60:
+                return self._time_curve_rollup(where, params, lo, hi, buckets, across_ranks)
+        # Equal-width buckets over [lo, hi]: width = (hi - lo) // n + 1 makes at most n of them.
+        key, last_order = (("step", "(step, ts, value)") if x == "step" else
+                           ("toUnixTimestamp64Milli(ts)", "(ts, step, value)"))
+        bound = (f"(SELECT (min({key}), max({key})) FROM metrics WHERE {where}) AS bounds, bounds.1 AS lo, "
+                 "greatest(1, intDiv(bounds.2 - bounds.1, {n:UInt32}) + 1) AS w")
+        # value in last_order breaks a tie of two different points at one (step, ts) before a
+        # merge keeps one of them; across ranks the highest r_key wins, then the lowest rank.
+        per_rank = (f"SELECT rank, lo + intDiv({key} - lo, w) * w AS bucket_start, min(value) AS r_min, "
+                    f"max(value) AS r_max, argMax(value, {last_order}) AS r_last, max({key}) AS r_key, "
+                    "uniqExact(step, ts) AS r_count "
+                    f"FROM metrics WHERE {where} GROUP BY rank, bucket_start")
+        sql = f"WITH {bound} " + _combine_ranks(per_rank, across_ranks)
+        rows = self._query(sql, params)
+        return [self._curve_row(row, x, across_ranks) for row in rows]
+
+    def _time_curve_rollup(self, where: str, params: dict, lo: int, hi: int, buckets: int,
+                           across_ranks: bool) -> list[dict]:
+        width = -(-(hi - lo) // buckets)        # seconds, rounded up to whole minutes so that
+        width = -(-width // 60) * 60            # no rollup minute straddles two buckets
+        params = dict(params, lo=lo, w=width)
+        per_rank = ("SELECT rank, {lo:UInt32} + intDiv(toUInt32(minute) - {lo:UInt32}, {w:UInt32}) * {w:UInt32} "
+                    "AS bucket_start, min(min_value) AS r_min, max(max_value) AS r_max, "
+                    "argMax(finalizeAggregation(last_value), (minute, max_step)) AS r_last, "
+                    "max((minute, max_step)) AS r_key, sum(count) AS r_count "
+                    f"FROM metrics_1m WHERE {where} GROUP BY rank, bucket_start")
+        out = []
+        for row in self._query(_combine_ranks(per_rank, across_ranks), params):
+            row["bucket_start"] = row["bucket_start"] * 1000
+            out.append(self._curve_row(row, "time", across_ranks))
+        return out
+
+    @staticmethod
+    def _curve_row(row: dict, x: str, across_ranks: bool) -> dict:
+        start = row["bucket_start"]
+        out = {"bucket_start": int(start) if x == "step" else _from_ms(int(start)),
+               "rank": None if across_ranks else row["rank"],
+               "min": row["min"], "max": row["max"], "last": row["last"], "count": int(row["count"])}
+        if across_ranks:
+            out["mean"] = row["mean"]
+            out["ranks"] = int(row["ranks"])
+        return out
+
+    def history(self, run_id: str, metric: str, ranks=None, project: str | None = None) -> list[dict]:
+        """Every stored point of one metric of one run (replays removed): rows {rank, step, ts,
+        value} ordered by rank, step. Full resolution: for long runs prefer ``curve``."""
+        ranks = _ranks_list(ranks)
+        project = self._resolve([run_id], project)[run_id]
+        params: dict[str, Any] = {"p": project, "r": run_id, "m": metric}
+        where = "project = {p:String} AND run_id = {r:String} AND name = {m:String}"
+        if ranks is not None:
+            params["ks"] = ranks
+            where += " AND rank IN {ks:Array(UInt32)}"
+        result = self.client.query(f"SELECT rank, step, ts, value FROM metrics WHERE {where} "
+                                   "ORDER BY rank, step, ts LIMIT 1 BY rank, step, ts", parameters=params)
+        return [{"rank": k, "step": s, "ts": _utc(t), "value": v} for k, s, t, v in result.result_rows]
+
+    # --- compare and search ------------------------------------------------------------------
+
+    def compare(self, run_ids: Sequence[str], metrics: Sequence[str] | None = None,
+                project: str | None = None) -> dict:
+        """Side by side: {"runs": {run_id: {project, name, status}}, "params": {key: {run_id:
+        value}} for keys whose values differ (a missing key counts as None), "all_params": every
+        key, "metrics": {metric: {run_id: {"last", "min", "max", "step"}}}} (metrics: the names
+        to include, default all). Raises RunNotFound for an unknown run."""
+        if isinstance(run_ids, str) or not run_ids:
+            raise QueryError("compare needs a list of run ids")
+        projects = self._resolve(run_ids, project)
+        run_ids = list(projects)
+        pairs = [(projects[r], r) for r in run_ids]
+        params = {"ps": sorted(set(projects.values())), "rs": run_ids}
+        rows = self._query(
+            "SELECT toString(project) AS project, run_id, key, value FROM params FINAL "
+            "WHERE project IN {ps:Array(String)} AND run_id IN {rs:Array(String)}", params)
+        runs = self._query(
+            "SELECT toString(project) AS project, run_id, name, toString(status) AS status FROM runs FINAL "
+            "WHERE project IN {ps:Array(String)} AND run_id IN {rs:Array(String)}", params)
+        wanted = set(pairs)
+        all_params: dict[str, dict[str, str | None]] = {}
+        for row in rows:
+            if (row["project"], row["run_id"]) in wanted:
+                all_params.setdefault(row["key"], {})[row["run_id"]] = row["value"]
+        all_params = {k: {r: v.get(r) for r in run_ids} for k, v in sorted(all_params.items())}
+        differing = {k: v for k, v in all_params.items() if len(set(v.values())) > 1}
+        summaries = self._metric_summaries(pairs, names=list(metrics) if metrics is not None else None)
+        by_metric: dict[str, dict[str, dict]] = {}
+        for (p, r), per_name in summaries.items():
+            for name, values in per_name.items():
+                by_metric.setdefault(name, {})[r] = values
+        meta = {row["run_id"]: row for row in runs if (row["project"], row["run_id"]) in wanted}
+        return {
+            "runs": {r: {"project": projects[r], "name": meta.get(r, {}).get("name", ""),
+                         "status": meta.get(r, {}).get("status", "")} for r in run_ids},
+            "params": differing,
+            "all_params": all_params,
+            "metrics": {name: {r: by_metric[name][r] for r in run_ids if r in by_metric[name]}
+                        for name in sorted(by_metric)},
+        }
+
+    def search_runs(self, filter_string: str = "", order_by: Sequence[str] | None = None,
+                    max_results: int = 1000, project: str | None = None, output: str = "list"):
+        """MLflow-style run search (grammar: runwire.storage.filters, with ``or`` and
+        parentheses). Default order: newest start first, then run id.
+
+        Returns a list of dicts (output="list") or a pandas DataFrame (output="pandas") with
+        the columns run_id, project, name, status, start_time, end_time, then ``metrics.NAME``
+        (the run's last value), ``params.KEY`` and ``tags.KEY`` for every metric, param and tag
+        of the returned runs (None/NaN where a run has none). Raises FilterError.
+        """
+        if output not in ("list", "pandas"):
+            raise QueryError(f"output must be 'list' or 'pandas', got {output!r}")
+        max_results = _positive_int(max_results, "max_results")
+        node = _filters.parse_filter(filter_string)
+        order = _filters.parse_order_by(order_by)
+        used = _filters.referenced_keys(node, order)
+        params: dict[str, Any] = {"limit": max_results}
+        where, params = _filters.compile_filter(node, params=params)
+        order_terms, params = _filters.compile_order_by(order, params=params)
+        project_filter = ""
+        if project is not None:
+            params["project"] = project
+            project_filter = " WHERE project = {project:String}"
+        joins, maps = [], {"params": "CAST(map(), 'Map(String, String)')",
+                           "tags": "CAST(map(), 'Map(String, String)')",
+                           "metrics": "CAST(map(), 'Map(String, Float64)')"}
+        for table in ("params", "tags"):
+            if used[table]:
+                params[f"{table}_keys"] = sorted(used[table])
+                key_filter = f"key IN {{{table}_keys:Array(String)}}"
+                joins.append(
+                    f"LEFT JOIN (SELECT project, run_id, mapFromArrays(groupArray(key), groupArray(value)) AS kv "
+                    f"FROM {table} FINAL WHERE {key_filter}{project_filter.replace(' WHERE', ' AND')} "
+                    f"GROUP BY project, run_id) AS {table}_ ON {table}_.project = r.project AND {table}_.run_id = r.run_id")
+                maps[table] = f"{table}_.kv"
+        settings = None
+        if used["metrics"]:
+            params["metric_names"] = sorted(used["metrics"])
+            inner, settings = self._summary_sql(
+                "name IN {metric_names:Array(String)}" + project_filter.replace(" WHERE", " AND"), last_only=True)
+            joins.append(
+                "LEFT JOIN (SELECT project, run_id, mapFromArrays(groupArray(name), groupArray(last)) AS kv "
+                f"FROM ({inner}) GROUP BY project, run_id) AS metrics_ "
+                "ON metrics_.project = r.project AND metrics_.run_id = r.run_id")
+            maps["metrics"] = "metrics_.kv"
+        sql = (
+            "SELECT project, run_id, name, status, start_time, end_time FROM ("
+            " SELECT toString(r.project) AS project, r.run_id AS run_id, r.name AS name, toString(r.status) AS status,"
+            " r.start_time AS start_time, r.end_time AS end_time, "
+            f"{maps['params']} AS params, {maps['tags']} AS tags, {maps['metrics']} AS metrics"
+            f" FROM (SELECT project, run_id, name, status, start_time, end_time FROM runs FINAL{project_filter}) AS r "
+            + " ".join(joins) +
+            f") WHERE {where} ORDER BY {', '.join(order_terms + ['start_time DESC', 'run_id ASC'])} "
+            "LIMIT {limit:UInt64}")
+        runs = self._query(sql, params, settings)
+        rows = self._search_rows(runs)
+        if output == "pandas":
+            import pandas as pd
+
+            columns = list(rows[0]) if rows else ["run_id", "project", "name", "status", "start_time", "end_time"]
+            return pd.DataFrame(rows, columns=columns)
+        return rows
+
+    def _search_rows(self, runs: list[dict]) -> list[dict]:
+        """MLflow-style rows for the runs phase one selected: all their params, tags and last
+        metric values (read for these runs only, by their sorting-key prefix)."""
+        if not runs:
+            return []
+        pairs = [(r["project"], r["run_id"]) for r in runs]
+        params = {"ps": sorted({p for p, _ in pairs}), "rs": sorted({r for _, r in pairs})}
+        scope = "project IN {ps:Array(String)} AND run_id IN {rs:Array(String)}"
+        metrics_sql, settings = self._summary_sql(scope, last_only=True)
+        # One round trip: params and tags carry `text`, metrics `number`.
+        rows = self._query(
+            "SELECT 'params' AS kind, toString(project) AS project, run_id, key, value AS text, nan AS number "
+            f"FROM params FINAL WHERE {scope} "
+            "UNION ALL SELECT 'tags' AS kind, toString(project) AS project, run_id, key, value AS text, nan AS number "
+            f"FROM tags FINAL WHERE {scope} "
+            "UNION ALL SELECT 'metrics' AS kind, project, run_id, name AS key, '' AS text, last AS number "
+            f"FROM ({metrics_sql})", params, settings)
+        per_run: dict[tuple[str, str], dict[str, Any]] = {pair: {} for pair in pairs}
+        for row in rows:
+            values = per_run.get((row["project"], row["run_id"]))
+            if values is not None:
+                values[f"{row['kind']}.{row['key']}"] = row["number"] if row["kind"] == "metrics" else row["text"]
+        keys = set().union(*(v.keys() for v in per_run.values()))
+        ordered = ([k for k in sorted(keys) if k.startswith("metrics.")] + [k for k in sorted(keys) if k.startswith("params.")]
+                   + [k for k in sorted(keys) if k.startswith("tags.")])
+        out = []
+        for run in runs:
+            values = per_run[(run["project"], run["run_id"])]
+            row = {"run_id": run["run_id"], "project": run["project"], "name": run["name"], "status": run["status"],
+                   "start_time": _utc(run["start_time"]), "end_time": _utc(run["end_time"])}
+            row.update((k, values.get(k)) for k in ordered)
+            out.append(row)
+        return out
+
+    # --- GPUs --------------------------------------------------------------------------------
+
+    def _window(self, window_s: float, until) -> tuple[int, int]:
+        if not isinstance(window_s, (int, float)) or isinstance(window_s, bool) or not window_s > 0:
+            raise QueryError(f"window_s must be a positive number of seconds, got {window_s!r}")
+        end = _epoch_ms(until) if until is not None else int(time.time() * 1000)
+        return end - int(window_s * 1000), end
+
+    def gpu_timeline(self, gpu_uuid: str, since=None, until=None, buckets: int = 500,
+                     project: str | None = None) -> list[dict]:
+        """One GPU over time (since/until: datetimes or epoch seconds; default its whole
+        history): rows {bucket_start, max_temperature_c, max_memory_used_bytes,
+        memory_total_bytes, mean_gpu_utilization_pct, max_power_w, throttle_reasons (OR of the
+        bits), samples}. Buckets of a minute or more read the per-minute rollup (its mean
+        weights a replayed, not yet merged batch twice); shorter ones read the samples."""
+        buckets = _positive_int(buckets, "buckets")
+        params: dict[str, Any] = {"u": gpu_uuid}
+        where = "gpu_uuid = {u:String}"
+        if project is not None:
+            params["p"] = project
+            where += " AND project = {p:String}"
+        if since is not None:
+            params["since_s"] = _epoch_ms(since) // 60_000 * 60
+            where += " AND minute >= toDateTime({since_s:UInt32}, 'UTC')"
+        if until is not None:
+            params["until_s"] = _epoch_ms(until) // 1000
+            where += " AND minute <= toDateTime({until_s:UInt32}, 'UTC')"
+        located = self._query(
+            "SELECT toString(project) AS project, toString(host) AS host, min(minute) AS lo, max(minute) AS hi "
+            f"FROM gpu_samples_1m WHERE {where} GROUP BY project, host", params)
+        if not located:
+            raise NotFound(f"no samples of GPU {gpu_uuid!r}" + (" in that time range" if since or until else ""))
+        lo_ms = _epoch_ms(since) if since is not None else min(int(_utc(r["lo"]).timestamp()) for r in located) * 1000
+        hi_ms = _epoch_ms(until) if until is not None else (max(int(_utc(r["hi"]).timestamp()) for r in located) + 60) * 1000
+        if hi_ms <= lo_ms:
+            return []
+        scope = {"u": gpu_uuid, "ps": sorted({r["project"] for r in located}), "hs": sorted({r["host"] for r in located}),
+                 "n": buckets}
+        key = "project IN {ps:Array(String)} AND host IN {hs:Array(String)} AND gpu_uuid = {u:String}"
+        if (hi_ms - lo_ms) / buckets >= 60_000:
+            lo, hi = lo_ms // 60_000 * 60, -(-hi_ms // 1000)
+            width = math.ceil(math.ceil((hi - lo) / buckets) / 60) * 60  # whole minutes
+            rows = self._query(
+                "SELECT {lo:UInt32} + intDiv(toUInt32(minute) - {lo:UInt32}, {w:UInt32}) * {w:UInt32} AS b, "
+                "max(max_temperature_c) AS max_temperature_c, max(max_memory_used_bytes) AS max_memory_used_bytes, "
+                "max(memory_total_bytes) AS memory_total_bytes, "
+                "sum(sum_gpu_utilization) / sum(samples) AS mean_gpu_utilization_pct, max(max_power_w) AS max_power_w, "
+                "groupBitOr(throttle_reasons_any) AS throttle_reasons, sum(samples) AS n_samples "
+                f"FROM gpu_samples_1m WHERE {key} AND minute >= toDateTime({{lo:UInt32}}, 'UTC') "
+                "AND minute < toDateTime({hi:UInt32}, 'UTC') GROUP BY b ORDER BY b",
+                dict(scope, lo=lo, w=width, hi=hi))
+            scale = 1000
+        else:
+            width = max(1, -(-(hi_ms - lo_ms) // buckets))
+            # Replays are removed per (ts, rank) before averaging, without FINAL.
+            rows = self._query(
+                "SELECT {lo:Int64} + intDiv(toUnixTimestamp64Milli(ts) - {lo:Int64}, {w:Int64}) * {w:Int64} AS b, "
+                "max(t) AS max_temperature_c, max(m) AS max_memory_used_bytes, max(mt) AS memory_total_bytes, "
+                "avg(u) AS mean_gpu_utilization_pct, max(pw) AS max_power_w, groupBitOr(th) AS throttle_reasons, "
+                "count() AS n_samples FROM ("
+                " SELECT ts, rank, any(temperature_c) AS t, any(memory_used_bytes) AS m, any(memory_total_bytes) AS mt,"
+                " any(gpu_utilization_pct) AS u, any(power_w) AS pw, any(throttle_reasons) AS th FROM gpu_samples "
+                f" WHERE {key} AND ts >= fromUnixTimestamp64Milli({{lo:Int64}}, 'UTC') "
+                " AND ts < fromUnixTimestamp64Milli({hi:Int64}, 'UTC') GROUP BY ts, rank) GROUP BY b ORDER BY b",
+                dict(scope, lo=lo_ms, w=width, hi=hi_ms))
+            scale = 1
+        for row in rows:
+            row["bucket_start"] = _from_ms(int(row.pop("b")) * scale)
+            row["samples"] = int(row.pop("n_samples"))
+        return [{"bucket_start": r.pop("bucket_start"), **r} for r in rows]
+
+    def hottest_gpus(self, window_s: float = 3600, limit: int = 10, until=None,
+                     project: str | None = None) -> list[dict]:
+        """The GPUs with the highest temperature in the last ``window_s`` seconds before
+        ``until`` (default now), hottest first: rows {project, host, gpu_uuid, gpu_index,
+        gpu_name, max_temperature_c, last_seen, last_run_id, last_rank}. Reads the per-minute
+        rollup (the window starts at the minute that holds ``until - window_s``)."""
+        limit = _positive_int(limit, "limit")
+        lo, hi = self._window(window_s, until)
+        params: dict[str, Any] = {"lo": lo // 60_000 * 60, "hi": hi // 1000, "limit": limit}
+        where = "minute >= toDateTime({lo:UInt32}, 'UTC') AND minute <= toDateTime({hi:UInt32}, 'UTC')"
+        if project is not None:
+            params["p"] = project
+            where = "project = {p:String} AND " + where
+        hottest = self._query(
+            "SELECT toString(project) AS project, toString(host) AS host, toString(gpu_uuid) AS gpu_uuid, "
+            f"max(max_temperature_c) AS max_temperature_c FROM gpu_samples_1m WHERE {where} "
+            "GROUP BY project, host, gpu_uuid ORDER BY max_temperature_c DESC, host, gpu_uuid LIMIT {limit:UInt64}",
+            params, _IN_ORDER)
+        return self._with_last_run(hottest, lo, hi)
+
+    def _with_last_run(self, rows: list[dict], lo_ms: int, hi_ms: int) -> list[dict]:
+        """Adds the run, rank, index and name a GPU last reported in the window. (A GPU's samples
+        have distinct times: by default one rank samples it; a tie would need two samplers in
+        the same microsecond, so the scalar argMax key is enough and twice as fast as a tuple.)"""
+        if not rows:
+            return rows
+        last = self._query(
+            "SELECT toString(gpu_uuid) AS gpu_uuid, argMax(run_id, ts) AS last_run_id, "
+            "argMax(rank, ts) AS last_rank, min(gpu_index) AS gpu_index, "
+            "toString(any(gpu_name)) AS gpu_name, max(ts) AS last_seen FROM gpu_samples "
+            "WHERE project IN {ps:Array(String)} AND host IN {hs:Array(String)} AND gpu_uuid IN {us:Array(String)} "
+            "AND ts >= fromUnixTimestamp64Milli({lo:Int64}, 'UTC') - INTERVAL 1 MINUTE "
+            "AND ts <= fromUnixTimestamp64Milli({hi:Int64}, 'UTC') GROUP BY gpu_uuid",
+            {"ps": sorted({r["project"] for r in rows}), "hs": sorted({r["host"] for r in rows}),
+             "us": sorted({r["gpu_uuid"] for r in rows}), "lo": lo_ms, "hi": hi_ms})
+        by_uuid = {r.pop("gpu_uuid"): r for r in last}
+        out = []
+        for row in rows:
+            extra = by_uuid.get(row["gpu_uuid"], {"last_run_id": None, "last_rank": None, "gpu_index": None,
+                                                   "gpu_name": None, "last_seen": None})
+            merged = {**row, **extra}
+            merged["last_seen"] = _utc(merged["last_seen"])
+            out.append(merged)
+        return out
+
+    def memory_headroom(self, window_s: float = 3600, limit: int = 20, until=None,
+                        project: str | None = None) -> list[dict]:
+        """The GPUs closest to full memory in the window (max used / total), fullest first:
+        rows {project, host, gpu_uuid, max_memory_used_bytes, memory_total_bytes, used_fraction,
+        headroom_bytes, gpu_index, gpu_name, last_seen, last_run_id, last_rank}."""
+        limit = _positive_int(limit, "limit")
+        lo, hi = self._window(window_s, until)
+        params: dict[str, Any] = {"lo": lo // 60_000 * 60, "hi": hi // 1000, "limit": limit}
+        where = "minute >= toDateTime({lo:UInt32}, 'UTC') AND minute <= toDateTime({hi:UInt32}, 'UTC')"
+        if project is not None:
+            params["p"] = project
+            where = "project = {p:String} AND " + where
+        rows = self._query(
+            "SELECT toString(project) AS project, toString(host) AS host, toString(gpu_uuid) AS gpu_uuid, "
+            "max(max_memory_used_bytes) AS max_memory_used_bytes, max(memory_total_bytes) AS memory_total_bytes, "
+            "max_memory_used_bytes / nullIf(memory_total_bytes, 0) AS used_fraction, "
+            "memory_total_bytes - max_memory_used_bytes AS headroom_bytes "
+            f"FROM gpu_samples_1m WHERE {where} GROUP BY project, host, gpu_uuid "
+            "ORDER BY used_fraction DESC NULLS LAST, host, gpu_uuid LIMIT {limit:UInt64}", params, _IN_ORDER)
+        return self._with_last_run(rows, lo, hi)
+
+    def gpu_series(self, run_id: str, field: str, buckets: int = 500, project: str | None = None) -> list[dict]:
+        """One GPU field (a name in GPU_FIELDS, e.g. temperature_c, memory_used_bytes) per GPU of
+        one run, in at most ``buckets`` equal time buckets over the run's samples: rows
+        {host, gpu_uuid, gpu_index, bucket_start, min, max, last} ordered by host, gpu_uuid,
+        bucket_start."""
+        if field not in GPU_FIELDS:
+            raise QueryError(f"unknown GPU field {field!r}: expected one of {', '.join(GPU_FIELDS)}")
+        buckets = _positive_int(buckets, "buckets")
+        project = self._resolve([run_id], project)[run_id]
+        where = "project = {p:String} AND run_id = {r:String}"
+        # `field` is one of GPU_FIELDS (checked above): safe to name in the SQL.
+        rows = self._query(
+            f"WITH (SELECT (min(toUnixTimestamp64Milli(ts)), max(toUnixTimestamp64Milli(ts))) FROM gpu_samples "
+            f"WHERE {where}) AS bounds, bounds.1 AS lo, greatest(1, intDiv(bounds.2 - bounds.1, {{n:UInt32}}) + 1) AS w "
+            "SELECT toString(host) AS host, toString(gpu_uuid) AS gpu_uuid, min(gpu_index) AS gpu_index, "
+            "lo + intDiv(toUnixTimestamp64Milli(ts) - lo, w) * w AS b, "
+            f"min({field}) AS min, max({field}) AS max, argMax({field}, ts) AS last "
+            f"FROM gpu_samples WHERE {where} GROUP BY host, gpu_uuid, b ORDER BY host, gpu_uuid, b",
+            {"p": project, "r": run_id, "n": buckets})
+        for row in rows:
+            row["bucket_start"] = _from_ms(int(row.pop("b")))
+        return [{k: r[k] for k in ("host", "gpu_uuid", "gpu_index", "bucket_start", "min", "max", "last")}
+                for r in rows]
+
+    # --- stragglers --------------------------------------------------------------------------
+
+    def stragglers(self, run_id: str, metric: str = "step_time_s", min_ratio: float = 1.5,
+                   project: str | None = None) -> list[dict]:
+        """Per rank, ordered by rank: {rank, host, median, run_median (over all ranks' points),
+        ratio (median / run_median), straggler (ratio >= min_ratio), points}. Medians are exact
+        and read FINAL, so replays do not move them; NaN and Inf points are left out."""
+        project = self._resolve([run_id], project)[run_id]
+        params = {"p": project, "r": run_id, "m": metric}
+        rows = self._query(
+            "SELECT rank, grouping(rank) AS total, quantileExact(0.5)(value) AS median, count() AS points "
+            "FROM metrics FINAL WHERE project = {p:String} AND run_id = {r:String} AND name = {m:String} "
+            "AND isFinite(value) GROUP BY GROUPING SETS ((rank), ())", params)
+        hosts = {row["rank"]: row["host"] for row in self._query(
+            "SELECT rank, toString(host) AS host FROM run_ranks FINAL WHERE project = {p:String} AND run_id = {r:String}",
+            params)}
+        totals = [r for r in rows if r["total"]]
+        if not totals or not totals[0]["points"]:
+            return []
+        run_median = totals[0]["median"]
+        out = []
+        for row in sorted((r for r in rows if not r["total"]), key=lambda r: r["rank"]):
+            ratio = row["median"] / run_median if run_median else (math.inf if row["median"] else 1.0)
+            out.append({"rank": row["rank"], "host": hosts.get(row["rank"]), "median": row["median"],
+                        "run_median": run_median, "ratio": ratio, "straggler": ratio >= min_ratio,
+                        "points": int(row["points"])})
+        return out
+
+    # --- SQL ---------------------------------------------------------------------------------
+
+    def read_only_query(self, sql: str, parameters: dict | None = None, max_rows: int = 10000,
+                        timeout_s: float | None = 60.0) -> dict:
+        """Run one statement with ClickHouse's ``readonly=1`` (the server refuses writes, DDL
+        and setting changes; nothing here parses the SQL). Returns {"columns", "types", "rows",
+        "truncated"}: at most ``max_rows`` rows, truncated=True when there were more.
+        Raises QueryError with the server's message when ClickHouse refuses or fails.
+
+        On the in-process chDB engine (``chdb://``) clickhouse-connect keeps a failed query's
+        settings in the client's session, so after a refused statement that client stays
+        read-only: give this method a client of its own there.
+        """
+        max_rows = _positive_int(max_rows, "max_rows")
+        settings: dict[str, Any] = {"max_result_rows": max_rows + 1, "result_overflow_mode": "break"}
+        if timeout_s:
+            settings["max_execution_time"] = int(math.ceil(timeout_s))
+        settings["readonly"] = 1  # last: once read-only, the engine takes no other settings
+        from clickhouse_connect.driver.exceptions import ClickHouseError
+
+        try:
+            result = self.client.query(sql, parameters=parameters, settings=settings)
+        except ClickHouseError as exc:
+            raise QueryError(server_message(exc)) from None
+        rows = result.result_rows
+        return {"columns": list(result.column_names), "types": [t.name for t in result.column_types],
+                "rows": [tuple(_utc(v) for v in row) for row in rows[:max_rows]],
+                "truncated": len(rows) > max_rows}
+
+
+def _combine_ranks(per_rank: str, across_ranks: bool) -> str:
+    """The outer query over per-(rank, bucket) rows r_min, r_max, r_last, r_key, r_count."""
+    if across_ranks:
+        return ("SELECT bucket_start, min(r_min) AS min, max(r_max) AS max, avg(r_last) AS mean, "
+                "argMax(r_last, (r_key, -toInt64(rank))) AS last, sum(r_count) AS count, count() AS ranks "
+                f"FROM ({per_rank}) GROUP BY bucket_start ORDER BY bucket_start")
+    return (f"SELECT bucket_start, rank, r_min AS min, r_max AS max, r_last AS last, r_count AS count "
+            f"FROM ({per_rank}) ORDER BY rank, bucket_start")
+
+
+def server_message(exc: Exception) -> str:
+    """The useful part of a clickhouse-connect error, one line: the server's 'Code: N.
+    DB::Exception: ...' without the URL and version noise."""
+    text = str(exc)
+    start = text.find("Code: ")
+    if start >= 0:
+        text = text[start:]
+    text = text.split("\n")[0].strip()
+    for noise in (" (for url ", " (version "):
+        cut = text.find(noise)
+        if cut > 0:
+            text = text[:cut]
+    if "READONLY" in text or "readonly" in text:
+        text += " -- runwire query runs read-only statements only"
+    return text
+
+
+_server_message = server_message  # the name runwire.storage.report imports

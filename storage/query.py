@@ -12,11 +12,11 @@ How the queries stay fast at scale (see bench/query.py):
 * Aggregates that a replayed (not yet merged) batch cannot change (min, max, argMax/last) read
   the tables without ``FINAL``; counts are ``uniqExact`` over the point key and medians read
   ``FINAL``, so replays never inflate them.
-* A run's last/min/max per metric (search, compare, show) comes from the proposed
-  ``metrics_summary`` table when the database has it (one row per run and metric: see
-  PROPOSED_SUMMARY_MIGRATION), else from the per-minute rollup ``metrics_1m``, whose row with the
-  highest step holds the run's last value. At 1,000 runs x 100 million points a search reads
-  10,000 summary rows instead of 3.4 million rollup rows (p50 53 ms instead of 213 ms).
+* A run's last/min/max per metric (search, compare, show) comes from ``metrics_summary``
+  (migration 0003_metrics_summary.sql, filled by its materialized view on every insert into
+  ``metrics``): one row per run and metric once merged, and exact under replays (min, max and an
+  argMax state keyed by (step, -rank, ts)). At 1,000 runs x 100 million points a search reads
+  10,000 summary rows instead of 3.4 million per-minute rollup rows.
 * Time curves wider than one minute per bucket, the GPU timeline over long ranges and the
   fleet views (hottest GPUs, memory headroom) read the per-minute rollups.
 """
@@ -42,48 +42,9 @@ GPU_FIELDS = (
 
 _UTC = dt.timezone.utc
 
-# A run's last value of a metric from the per-minute rollup: the row with the highest step
-# holds it (a row's last_value is the minute's last point by time); between ranks at the same
-# step the lowest rank wins, so the answer is deterministic.
-_ROLLUP_LAST = "argMax(finalizeAggregation(last_value), (max_step, -toInt64(rank), minute))"
-
 # GROUP BY a prefix of the sorting key streams instead of hashing: measured 1.3-2x faster on
 # the rollups (bench/query.py).
 _IN_ORDER = {"optimize_aggregation_in_order": 1}
-
-# The schema change the read side wants (proposed migration 0003_metrics_summary.sql, not part
-# of `runwire migrate` yet): one row per run and metric, so search, compare and show read ~10
-# rows per run instead of ~40 rollup rows per rank. RunQueries uses the table when it exists.
-# min, max and the argMax state are exact under replays (no count on purpose: it would not be).
-PROPOSED_SUMMARY_MIGRATION = """\
--- A run's summary per metric: min, max and the last value (highest step, then lowest rank,
--- then latest time), exact under replays. One row per run and metric once merged.
-CREATE TABLE IF NOT EXISTS metrics_summary
-(
-    project     LowCardinality(String),
-    run_id      String,
-    name        LowCardinality(String),
-    min_value   SimpleAggregateFunction(min, Float64),
-    max_value   SimpleAggregateFunction(max, Float64),
-    last_step   SimpleAggregateFunction(max, Int64),
-    last_value  AggregateFunction(argMax, Float64, Tuple(Int64, Int64, DateTime64(3, 'UTC')))
-)
-ENGINE = AggregatingMergeTree
-ORDER BY (project, run_id, name);
-
-CREATE MATERIALIZED VIEW IF NOT EXISTS metrics_summary_mv TO metrics_summary AS
-SELECT project, run_id, name,
-       min(value) AS min_value, max(value) AS max_value, max(step) AS last_step,
-       argMaxState(value, (step, -toInt64(rank), ts)) AS last_value
-FROM metrics
-GROUP BY project, run_id, name;
-
--- Backfill what was stored before the view existed (run once, by the migration).
-INSERT INTO metrics_summary
-SELECT project, run_id, name, min(value), max(value), max(step), argMaxState(value, (step, -toInt64(rank), ts))
-FROM metrics
-GROUP BY project, run_id, name;
-"""
 
 
 class QueryError(Exception):
@@ -148,7 +109,6 @@ class RunQueries:
         self.client = client
         # (project argument or None, run_id) -> project: a run never changes project.
         self._project_of: dict[tuple[str | None, str], str] = {}
-        self._summary_table: bool | None = None
 
     # --- plumbing ----------------------------------------------------------------------------
 
@@ -157,24 +117,14 @@ class RunQueries:
         names = result.column_names
         return [dict(zip(names, row)) for row in result.result_rows]
 
-    def has_metrics_summary(self) -> bool:
-        """Whether the database has the proposed ``metrics_summary`` table (checked once)."""
-        if self._summary_table is None:
-            self._summary_table = bool(self.client.query(
-                "SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = 'metrics_summary'"
-            ).result_rows[0][0])
-        return self._summary_table
-
-    def _summary_sql(self, where: str, last_only: bool = False) -> tuple[str, dict | None]:
-        """SQL of (project, run_id, name, last[, step, min, max]) per run and metric."""
-        if self.has_metrics_summary():
-            extra = "" if last_only else ", max(last_step) AS step, min(min_value) AS min, max(max_value) AS max"
-            return (f"SELECT toString(project) AS project, run_id, toString(name) AS name, "
-                    f"argMaxMerge(last_value) AS last{extra} FROM metrics_summary WHERE {where} "
-                    "GROUP BY project, run_id, name", None)
-        extra = "" if last_only else ", max(max_step) AS step, min(min_value) AS min, max(max_value) AS max"
-        return (f"SELECT toString(project) AS project, run_id, toString(name) AS name, {_ROLLUP_LAST} AS last{extra} "
-                f"FROM metrics_1m WHERE {where} GROUP BY project, run_id, name", _IN_ORDER)
+    @staticmethod
+    def _summary_sql(where: str, last_only: bool = False) -> str:
+        """SQL of (project, run_id, name, last[, step, min, max]) per run and metric, from
+        metrics_summary (merging the rows of not yet merged parts)."""
+        extra = "" if last_only else ", max(last_step) AS step, min(min_value) AS min, max(max_value) AS max"
+        return (f"SELECT toString(project) AS project, run_id, toString(name) AS name, "
+                f"argMaxMerge(last_value) AS last{extra} FROM metrics_summary WHERE {where} "
+                "GROUP BY project, run_id, name")
 
     def _resolve(self, run_ids: Sequence[str], project: str | None) -> dict[str, str]:
         """run_id -> project for every run id; RunNotFound for unknown ones. A run id that
@@ -207,9 +157,9 @@ class RunQueries:
                           last_only: bool = False) -> dict[tuple[str, str], dict[str, dict]]:
         """{(project, run_id): {metric: {"last", "step", "min", "max"}}}.
 
-        From metrics_summary when the database has it, else from the per-minute rollup. min and
-        max are exact under replays; "last" is the value at the highest step (any rank; the
-        lowest rank on a tie); "step" is that step.
+        From metrics_summary. min and max are exact under replays; "last" is the value at the
+        highest step (any rank; the lowest rank on a tie, then the latest time); "step" is that
+        step.
         """
         pairs = list(pairs)
         if not pairs:
@@ -219,9 +169,9 @@ class RunQueries:
         if names is not None:
             params["ns"] = list(names)
             name_filter = " AND name IN {ns:Array(String)}"
-        sql, settings = self._summary_sql(
-            "project IN {ps:Array(String)} AND run_id IN {rs:Array(String)}" + name_filter, last_only)
-        rows = self._query(sql + " ORDER BY project, run_id, name", params, settings)
+        sql = self._summary_sql("project IN {ps:Array(String)} AND run_id IN {rs:Array(String)}" + name_filter,
+                                last_only)
+        rows = self._query(sql + " ORDER BY project, run_id, name", params)
         wanted = set(pairs)
         out: dict[tuple[str, str], dict[str, dict]] = {}
         for row in rows:
@@ -474,10 +424,9 @@ class RunQueries:
                     f"FROM {table} FINAL WHERE {key_filter}{project_filter.replace(' WHERE', ' AND')} "
                     f"GROUP BY project, run_id) AS {table}_ ON {table}_.project = r.project AND {table}_.run_id = r.run_id")
                 maps[table] = f"{table}_.kv"
-        settings = None
         if used["metrics"]:
             params["metric_names"] = sorted(used["metrics"])
-            inner, settings = self._summary_sql(
+            inner = self._summary_sql(
                 "name IN {metric_names:Array(String)}" + project_filter.replace(" WHERE", " AND"), last_only=True)
             joins.append(
                 "LEFT JOIN (SELECT project, run_id, mapFromArrays(groupArray(name), groupArray(last)) AS kv "
@@ -493,7 +442,7 @@ class RunQueries:
             + " ".join(joins) +
             f") WHERE {where} ORDER BY {', '.join(order_terms + ['start_time DESC', 'run_id ASC'])} "
             "LIMIT {limit:UInt64}")
-        runs = self._query(sql, params, settings)
+        runs = self._query(sql, params)
         rows = self._search_rows(runs)
         if output == "pandas":
             import pandas as pd
@@ -510,7 +459,7 @@ class RunQueries:
         pairs = [(r["project"], r["run_id"]) for r in runs]
         params = {"ps": sorted({p for p, _ in pairs}), "rs": sorted({r for _, r in pairs})}
         scope = "project IN {ps:Array(String)} AND run_id IN {rs:Array(String)}"
-        metrics_sql, settings = self._summary_sql(scope, last_only=True)
+        metrics_sql = self._summary_sql(scope, last_only=True)
         # One round trip: params and tags carry `text`, metrics `number`.
         rows = self._query(
             "SELECT 'params' AS kind, toString(project) AS project, run_id, key, value AS text, nan AS number "
@@ -518,7 +467,7 @@ class RunQueries:
             "UNION ALL SELECT 'tags' AS kind, toString(project) AS project, run_id, key, value AS text, nan AS number "
             f"FROM tags FINAL WHERE {scope} "
             "UNION ALL SELECT 'metrics' AS kind, project, run_id, name AS key, '' AS text, last AS number "
-            f"FROM ({metrics_sql})", params, settings)
+            f"FROM ({metrics_sql})", params)
         per_run: dict[tuple[str, str], dict[str, Any]] = {pair: {} for pair in pairs}
         for row in rows:
             values = per_run.get((row["project"], row["run_id"]))

@@ -21,8 +21,7 @@ from runwire.proto import telemetry_pb2 as pb
 from runwire.storage import schema
 from runwire.storage.client import connect
 from runwire.storage.filters import FilterError
-from runwire.storage.query import (GPU_FIELDS, PROPOSED_SUMMARY_MIGRATION, NotFound, QueryError, RunNotFound,
-                                   RunQueries)
+from runwire.storage.query import GPU_FIELDS, NotFound, QueryError, RunNotFound, RunQueries
 from runwire.storage.writer import StorageWriter
 
 T0 = 1_735_689_600_000_000_000  # 2025-01-01T00:00:00Z in ns
@@ -191,10 +190,7 @@ def _gpu_dataset() -> list[tuple[str, dict]]:
 UNTIL = dt.datetime.fromtimestamp((T0 + 3600 * SECOND + 1000 * SECOND) / 1e9, tz=UTC)
 
 
-def _load(client, summary_table: bool):
-    if summary_table:
-        for statement in schema.split_statements(PROPOSED_SUMMARY_MIGRATION):
-            client.command(statement)
+def _load(client):
     writer = StorageWriter(client)
     records = _dataset()
     writer.write(records)
@@ -205,25 +201,13 @@ def _load(client, summary_table: bool):
 
 @pytest.fixture(scope="module")
 def data(new_client):
-    """The data set as `runwire migrate` lays it out (last values from the per-minute rollup)."""
-    return _load(new_client("data"), summary_table=False)
-
-
-@pytest.fixture(scope="module")
-def data_summary(new_client):
-    """The same with the proposed metrics_summary table."""
-    return _load(new_client("summary"), summary_table=True)
+    """The data set in a database laid out by `runwire migrate`."""
+    return _load(new_client("data"))
 
 
 @pytest.fixture
 def q(data):
     return RunQueries(data)
-
-
-@pytest.fixture(params=["rollup", "summary"])
-def qs(request):
-    """RunQueries over either schema, for what reads per-run metric summaries."""
-    return RunQueries(request.getfixturevalue("data" if request.param == "rollup" else "data_summary"))
 
 
 # --- runs ------------------------------------------------------------------------------------
@@ -246,8 +230,8 @@ def test_list_runs_newest_first_with_hosts_and_filters(q):
     assert q.list_runs(project="nope") == []
 
 
-def test_get_run_has_params_tags_ranks_hosts_and_metric_summary(qs):
-    run = qs.get_run("a")
+def test_get_run_has_params_tags_ranks_hosts_and_metric_summary(q):
+    run = q.get_run("a")
     assert run["project"] == "nlp" and run["status"] == "FINISHED" and run["exit_code"] == 0
     assert run["params"] == {"batch": "32", "lr": "0.001", "model": "gpt", "optimizer": "adam"}
     assert run["tags"] == {"team": "nlp"}
@@ -256,8 +240,8 @@ def test_get_run_has_params_tags_ranks_hosts_and_metric_summary(qs):
         (0, 0, 0, "a-node-0", "FINISHED"), (1, 1, 0, "a-node-0", "FINISHED")]
     assert run["hosts"] == ["a-node-0"]
     assert run["metrics"]["val_loss"] == {"last": 0.25, "step": 30, "min": 0.25, "max": 5.9}
-    assert qs.get_run("v1", project="vision")["params"]["model"] == "vit"
-    assert qs.get_run("d")["params"]["model"] == "it's \"quoted\""
+    assert q.get_run("v1", project="vision")["params"]["model"] == "vit"
+    assert q.get_run("d")["params"]["model"] == "it's \"quoted\""
 
 
 def test_unknown_runs_raise_run_not_found(q):
@@ -368,8 +352,8 @@ def test_history_returns_every_point_once(q):
 # --- compare and search ----------------------------------------------------------------------
 
 
-def test_compare_shows_only_differing_params_and_metric_summaries(qs):
-    out = qs.compare(["a", "b", "c"])
+def test_compare_shows_only_differing_params_and_metric_summaries(q):
+    out = q.compare(["a", "b", "c"])
     assert out["params"] == {"batch": {"a": "32", "b": "32", "c": "64"}, "lr": {"a": "0.001", "b": "0.01", "c": "0.001"},
                              "model": {"a": "gpt", "b": "gpt", "c": "bert"}}
     assert out["all_params"]["optimizer"] == {"a": "adam", "b": "adam", "c": "adam"}
@@ -379,13 +363,56 @@ def test_compare_shows_only_differing_params_and_metric_summaries(qs):
         "c": {"last": 0.2, "step": 10, "min": 0.2, "max": 5.7}}
     assert out["runs"]["c"] == {"project": "nlp", "name": "c-name", "status": "FAILED"}
     # across projects; a key only one run has differs (None elsewhere); metrics narrowed
-    cross = qs.compare(["a", "v1", "d"], metrics=["nothing"])
+    cross = q.compare(["a", "v1", "d"], metrics=["nothing"])
     assert cross["params"]["optimizer"] == {"a": "adam", "v1": "sgd", "d": "adam"}
     assert cross["metrics"] == {}
-    # ranks tie at the last step: the lowest rank's value, whichever table answers
-    assert qs.compare(["band"])["metrics"]["band"]["band"] == {"last": 0.999, "step": 999, "min": 0.0, "max": 3.999}
-    same = qs.compare(["a", "a"])
+    # ranks tie at the last step: the lowest rank's value
+    assert q.compare(["band"])["metrics"]["band"]["band"] == {"last": 0.999, "step": 999, "min": 0.0, "max": 3.999}
+    same = q.compare(["a", "a"])
     assert same["params"] == {} and list(same["runs"]) == ["a"]
+
+
+def test_last_min_max_stay_exact_when_every_record_is_written_twice(new_client):
+    """metrics_summary is filled by its materialized view on every insert into metrics, so a
+    replayed batch lands there twice: compare, get_run and search must still answer exactly,
+    before and after the table merges."""
+    records = [r for r in _dataset() if r[1]["run_id"] in ("a", "b", "c", "band")]
+    once = new_client("once")
+    StorageWriter(once).write(records)
+    twice = new_client("twice")
+    twice.command("SYSTEM STOP MERGES metrics_summary")  # keep the duplicates in their own parts
+    writer = StorageWriter(twice)
+    writer.write(records)
+    writer.write(records)                                 # the whole batch replayed
+    for record in reversed(records):                      # and each record again, newest first
+        writer.write([record])
+    rows, keys = twice.query("SELECT count(), uniqExact(project, run_id, name) FROM metrics_summary").result_rows[0]
+    assert rows > keys  # the replays are really there, not merged away
+
+    expected = {"a": {"last": 0.25, "step": 30, "min": 0.25, "max": 5.9},
+                "b": {"last": 0.4, "step": 20, "min": 0.4, "max": 5.9},
+                "c": {"last": 0.2, "step": 10, "min": 0.2, "max": 5.7}}
+    band = {"band": {"last": 0.999, "step": 999, "min": 0.0, "max": 3.999},
+            "step_time_s": {"last": 1.04, "step": 199, "min": 1.0, "max": 2.04}}
+
+    def answers(client):
+        queries = RunQueries(client)
+        search = queries.search_runs("metrics.val_loss < 0.3 or metrics.band > 0.5", order_by=["metrics.val_loss ASC"])
+        return {"compare": queries.compare(["a", "b", "c", "band"])["metrics"],
+                "get_run": {r: queries.get_run(r)["metrics"] for r in ("a", "b", "c", "band")},
+                "search": [(r["run_id"], r["metrics.val_loss"], r["metrics.band"]) for r in search]}
+
+    for client in (once, twice):
+        got = answers(client)
+        assert got["compare"]["val_loss"] == expected
+        assert {name: values["band"] for name, values in got["compare"].items() if name != "val_loss"} == band
+        assert got["get_run"]["a"] == {"val_loss": expected["a"]} and got["get_run"]["band"] == band
+        assert got["search"] == [("c", 0.2, None), ("a", 0.25, None), ("band", None, 0.999)]
+    assert answers(twice) == answers(once)
+    twice.command("SYSTEM START MERGES metrics_summary")
+    twice.command("OPTIMIZE TABLE metrics_summary FINAL")
+    assert twice.query("SELECT count() FROM metrics_summary").result_rows[0][0] == keys
+    assert answers(twice) == answers(once)
 
 
 def _ids(rows):
@@ -426,40 +453,40 @@ def _ids(rows):
     ('tags."team\'] OR 1 --" = \'nlp\'', []),
     ("attributes.status = 'x'' OR ''1''=''1'", []),
 ])
-def test_search_runs_filters(qs, filter_string, expected):
-    assert _ids(qs.search_runs(filter_string)) == expected
+def test_search_runs_filters(q, filter_string, expected):
+    assert _ids(q.search_runs(filter_string)) == expected
 
 
-def test_search_runs_columns_ordering_and_limits(qs):
-    rows = qs.search_runs("tags.team = 'nlp' and metrics.val_loss IS NOT NULL", order_by=["metrics.val_loss ASC"])
+def test_search_runs_columns_ordering_and_limits(q):
+    rows = q.search_runs("tags.team = 'nlp' and metrics.val_loss IS NOT NULL", order_by=["metrics.val_loss ASC"])
     assert _ids(rows) == ["a", "b"]
     a = rows[0]
     assert list(a)[:6] == ["run_id", "project", "name", "status", "start_time", "end_time"]
     assert a["metrics.val_loss"] == 0.25 and a["params.lr"] == "0.001" and a["tags.team"] == "nlp"
     assert a["start_time"].tzinfo is not None
     # order by a metric: runs without it last, in either direction
-    assert _ids(qs.search_runs("attributes.project = 'nlp'", order_by=["metrics.val_loss DESC"]))[:3] == ["b", "a", "c"]
-    assert _ids(qs.search_runs("attributes.project = 'nlp'", order_by=["metrics.val_loss ASC"])) == [
+    assert _ids(q.search_runs("attributes.project = 'nlp'", order_by=["metrics.val_loss DESC"]))[:3] == ["b", "a", "c"]
+    assert _ids(q.search_runs("attributes.project = 'nlp'", order_by=["metrics.val_loss ASC"])) == [
         "c", "a", "b", "band", "spiky", "d"]
-    assert _ids(qs.search_runs("", order_by=["params.batch DESC", "attributes.run_id ASC"])) == [
+    assert _ids(q.search_runs("", order_by=["params.batch DESC", "attributes.run_id ASC"])) == [
         "c", "a", "b", "d", "v1", "band", "spiky"]
-    assert _ids(qs.search_runs("", order_by=["attributes.start_time ASC"], max_results=2)) == ["a", "b"]
-    assert _ids(qs.search_runs("", project="vision")) == ["v1"]
+    assert _ids(q.search_runs("", order_by=["attributes.start_time ASC"], max_results=2)) == ["a", "b"]
+    assert _ids(q.search_runs("", project="vision")) == ["v1"]
     # a run lacking a key gets None in that column
-    mixed = {r["run_id"]: r for r in qs.search_runs("attributes.run_id IN ('a', 'd')")}
+    mixed = {r["run_id"]: r for r in q.search_runs("attributes.run_id IN ('a', 'd')")}
     assert mixed["d"]["metrics.val_loss"] is None and mixed["d"]["tags.note"] == "no metrics yet"
     assert mixed["a"]["tags.note"] is None
 
 
-def test_search_runs_as_pandas(qs):
-    frame = qs.search_runs("params.optimizer = 'adam'", output="pandas")
+def test_search_runs_as_pandas(q):
+    frame = q.search_runs("params.optimizer = 'adam'", output="pandas")
     assert list(frame["run_id"]) == ["d", "c", "b", "a"]
     assert {"run_id", "status", "start_time", "end_time", "metrics.val_loss", "params.lr", "params.model",
             "tags.team"} <= set(frame.columns)
     assert frame.set_index("run_id").loc["c", "metrics.val_loss"] == 0.2
     assert math.isnan(frame.set_index("run_id").loc["d", "metrics.val_loss"])
     assert str(frame["start_time"].dtype).startswith("datetime64")
-    empty = qs.search_runs("params.lr = 'none'", output="pandas")
+    empty = q.search_runs("params.lr = 'none'", output="pandas")
     assert len(empty) == 0 and "run_id" in empty.columns
 
 
@@ -539,11 +566,6 @@ def test_gpu_series_per_gpu_of_a_run(q):
     assert min(r["min"] for r in a) == 60.0 and a[-1]["last"] == 60.0
     with pytest.raises(QueryError, match="unknown GPU field"):
         q.gpu_series("a", "temperature_c; DROP TABLE metrics")
-
-
-def test_the_summary_table_is_used_when_present(data, data_summary):
-    assert not RunQueries(data).has_metrics_summary()
-    assert RunQueries(data_summary).has_metrics_summary()
 
 
 def test_gpu_fields_match_the_codec():

@@ -213,7 +213,9 @@ def _attach_alerts(client, runs: list[RunData]) -> None:
         host_filter, params = "", {"ids": ids}
     rows = client.query(
         "SELECT run_id, rule, severity, state, host, gpu_uuid, rank, value, message, started_at, resolved_at "
-        f"FROM alerts FINAL WHERE run_id IN {{ids:Array(String)}} {host_filter} ORDER BY started_at",
+        # Only alerts that fired: 'pending' and 'inactive' (cleared before firing) never notified.
+        f"FROM alerts FINAL WHERE run_id IN {{ids:Array(String)}} {host_filter} "
+        "AND state IN ('firing', 'resolved') ORDER BY started_at",
         parameters=params).result_rows
     keys = ("run_id", "rule", "severity", "state", "host", "gpu_uuid", "rank", "value", "message", "started_at",
             "resolved_at")

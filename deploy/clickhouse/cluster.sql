@@ -229,7 +229,7 @@ CREATE TABLE IF NOT EXISTS runwire.metrics_summary_local ON CLUSTER runwire
     min_value   SimpleAggregateFunction(min, Float64),
     max_value   SimpleAggregateFunction(max, Float64),
     last_step   SimpleAggregateFunction(max, Int64),
-    last_value  AggregateFunction(argMax, Float64, Tuple(Int64, Int64, DateTime64(3, 'UTC')))
+    last_value  AggregateFunction(argMax, Float64, Tuple(Int64, Int64, DateTime('UTC')))
 )
 ENGINE = ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/runwire/metrics_summary', '{replica}')
 ORDER BY (project, run_id, name);
@@ -239,12 +239,13 @@ ENGINE = Distributed(runwire, runwire, metrics_summary_local, cityHash64(project
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS runwire.metrics_summary_mv ON CLUSTER runwire TO runwire.metrics_summary_local AS
 SELECT project, run_id, name,
-       min(value) AS min_value, max(value) AS max_value, max(step) AS last_step,
-       argMaxState(value, (step, -toInt64(rank), ts)) AS last_value
-FROM runwire.metrics_local
+       min(min_value) AS min_value, max(max_value) AS max_value, max(max_step) AS last_step,
+       argMaxState(finalizeAggregation(last_value), (max_step, -toInt64(rank), minute)) AS last_value
+FROM runwire.metrics_1m_local
 GROUP BY project, run_id, name;
 
 INSERT INTO runwire.metrics_summary
-SELECT project, run_id, name, min(value), max(value), max(step), argMaxState(value, (step, -toInt64(rank), ts))
-FROM runwire.metrics
+SELECT project, run_id, name, min(min_value), max(max_value), max(max_step),
+       argMaxState(finalizeAggregation(last_value), (max_step, -toInt64(rank), minute))
+FROM runwire.metrics_1m
 GROUP BY project, run_id, name;

@@ -46,6 +46,8 @@ import time
 import uuid
 from pathlib import Path
 
+from common import curves, percentile, start_cli, wait_line
+
 HERE = Path(__file__).resolve()
 PROJECT = "bench"
 
@@ -82,20 +84,6 @@ STREAM = {"overheat", "near_oom", "ecc", "nan_loss"}
 
 # -- rank processes ----------------------------------------------------------------------------
 
-def _curves(k: int, steps: int, seed: int) -> list[dict]:
-    rng = random.Random(seed)
-    names = ["loss", "lr", "grad_norm", "tokens_per_s", "step_time_s"] + [f"layer{i}/act_rms" for i in range(k - 5)]
-    rows = []
-    for step in range(steps):
-        row = {"loss": 2.0 * math.exp(-step / 3000) + 1.1 + 0.02 * rng.gauss(0, 1), "lr": 3e-4,
-               "grad_norm": 1.0 + 0.1 * rng.gauss(0, 1), "tokens_per_s": 250_000.0 + 2_000 * rng.gauss(0, 1),
-               "step_time_s": 0.5 + 0.01 * rng.random()}
-        for i, name in enumerate(names[5:]):
-            row[name] = 0.5 + 0.001 * i + 0.01 * math.sin(step / 50 + i)
-        rows.append(row)
-    return rows
-
-
 def rank_main(args) -> None:
     import runwire
     import runwire.run as run_module
@@ -109,7 +97,7 @@ def rank_main(args) -> None:
                        spool_dir=tempfile.mkdtemp(), max_queue=200_000)
     gpu = fake.gpus[0]
     scenario = args.scenario
-    rows = _curves(args.k, 4096, args.rank) if args.rate else None
+    rows = curves(args.k, 4096, args.rank) if args.rate else None
     rng = random.Random(args.rank)
     start = time.perf_counter()
     cycle = -1      # injection cycles started
@@ -170,34 +158,11 @@ def rank_main(args) -> None:
 
 # -- the pipeline ------------------------------------------------------------------------------
 
-def _start_cli(args: list[str], env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "runwire.cli", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-
-
-def _wait_line(proc: subprocess.Popen, needle: str, timeout: float = 120) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if needle in line:
-            return line
-        if not line and proc.poll() is not None:
-            break
-    raise RuntimeError(f"process did not print {needle!r}")
-
-
 def _drain(proc: subprocess.Popen) -> threading.Thread:
     """Keep reading a child's output so it never blocks on a full pipe."""
     t = threading.Thread(target=lambda: [None for _ in proc.stdout], name="bench-drain", daemon=True)
     t.start()
     return t
-
-
-def _pick(values: list[float], q: float):
-    if not values:
-        return None
-    values = sorted(values)
-    return round(values[min(len(values) - 1, int(math.ceil(q * len(values))) - 1)], 3)
 
 
 def bench(args) -> dict:
@@ -230,7 +195,7 @@ def bench(args) -> dict:
         worker = engine = worker_thread = None
         ranks: list[tuple[str, subprocess.Popen]] = []
         try:
-            url = _wait_line(receiver, "RUNWIRE_ALERT_WEBHOOK_URL=", 30).strip().split("=", 1)[1]
+            url = wait_line(receiver, "RUNWIRE_ALERT_WEBHOOK_URL=", 30).strip().split("=", 1)[1]
 
             def read_receiver():
                 for line in receiver.stdout:
@@ -241,8 +206,8 @@ def bench(args) -> dict:
 
             threading.Thread(target=read_receiver, name="bench-receiver-reader", daemon=True).start()
             gateway_address = f"127.0.0.1:{free_port()}"
-            gateway = _start_cli(["gateway", "--listen", gateway_address], env)
-            _wait_line(gateway, "listening on")
+            gateway = start_cli(["gateway", "--listen", gateway_address], env)
+            wait_line(gateway, "listening on")
             _drain(gateway)
 
             client = connect(clickhouse.url, "runwire")
@@ -390,7 +355,7 @@ def _report(args, runs, anomaly_runs, outputs, received, engine, worker, engine_
             strag_from_injection = round((p["_arrival_ns"] - inj["ns"]) / 1e9, 3)
     for item in per_scenario.values():
         lat = item.pop("latencies_s")
-        item["latency_p50_s"], item["latency_max_s"] = _pick(lat, 0.5), max(lat) if lat else None
+        item["latency_p50_s"], item["latency_max_s"] = percentile(lat, 0.5), max(lat) if lat else None
     unexplained = [p for p in firing if p["alert"]["id"] not in explained]
     on_clean = [p for p in unexplained if p["alert"]["run_id"] == runs["bg"]]
     bg = [s for s in summaries if s["run_id"] == runs["bg"]]
@@ -408,14 +373,14 @@ def _report(args, runs, anomaly_runs, outputs, received, engine, worker, engine_
         "fired": len(hits),
         "false_positives": len(unexplained),
         "false_positives_on_clean_runs": len(on_clean),
-        "latency_p50_s": _pick(stream_latencies, 0.50),
-        "latency_p99_s": _pick(stream_latencies, 0.99),
+        "latency_p50_s": percentile(stream_latencies, 0.50),
+        "latency_p99_s": percentile(stream_latencies, 0.99),
         "latency_max_s": max(stream_latencies) if stream_latencies else None,
         "stream_samples": len(stream_latencies),
         "latency_breakdown": {
-            "emit_to_ingest_observer_p50_s": _pick(to_observer, 0.5), "emit_to_ingest_observer_max_s":
+            "emit_to_ingest_observer_p50_s": percentile(to_observer, 0.5), "emit_to_ingest_observer_max_s":
                 round(max(to_observer), 3) if to_observer else None,
-            "observer_to_webhook_p50_s": _pick(to_webhook, 0.5), "observer_to_webhook_max_s":
+            "observer_to_webhook_p50_s": percentile(to_webhook, 0.5), "observer_to_webhook_max_s":
                 round(max(to_webhook), 3) if to_webhook else None},
         "straggler_latency_from_injection_s": strag_from_injection,
         "by_scenario": per_scenario,

@@ -16,8 +16,6 @@ import json
 import math
 import os
 import platform
-import random
-import struct
 import subprocess
 import sys
 import tempfile
@@ -25,33 +23,12 @@ import time
 import uuid
 from pathlib import Path
 
+from common import curves, percentile, start_cli, wait_line
+
 HERE = Path(__file__).resolve()
 
 
 # -- the load: one rank ------------------------------------------------------------------------
-
-def _f32(x: float) -> float:
-    """What `tensor.item()` on a float32 tensor gives: float32 precision in a Python float."""
-    return struct.unpack("f", struct.pack("f", x))[0]
-
-
-def curves(k: int, steps: int, seed: int) -> list[dict]:
-    """Typical training curves: smooth decays with noise, schedules, throughputs, and per-layer
-    statistics with float32 precision (as `.item()` returns them)."""
-    rng = random.Random(seed)
-    names = ["loss", "lr", "grad_norm", "tokens_per_s", "step_time_s"] + [f"layer{i}/act_rms" for i in range(k - 5)]
-    rows = []
-    for step in range(steps):
-        row = {"loss": _f32(2.0 * math.exp(-step / 3000) + 1.1 + 0.02 * rng.gauss(0, 1)),
-               "lr": 3e-4 * min(1.0, step / 500),
-               "grad_norm": _f32(1.0 + 0.1 * rng.gauss(0, 1)),
-               "tokens_per_s": 250_000.0 + 2_000 * rng.gauss(0, 1),
-               "step_time_s": 0.5 + 0.01 * rng.random()}
-        for i, name in enumerate(names[5:]):
-            row[name] = _f32(0.5 + 0.001 * i + 0.01 * math.sin(step / 50 + i) + 0.001 * rng.random())
-        rows.append(row)
-    return rows
-
 
 def rank_main(args) -> None:
     import runwire
@@ -149,22 +126,6 @@ def cpu_seconds(pid: int) -> float:
         return float("nan")
 
 
-def start_cli(args: list[str], env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "runwire.cli", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-
-
-def wait_line(proc: subprocess.Popen, needle: str, timeout: float = 120) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if needle in line:
-            return line
-        if not line and proc.poll() is not None:
-            break
-    raise RuntimeError(f"process did not print {needle!r}")
-
-
 def bench_pipeline(args) -> dict:
     from runwire.deploy.local.clickhouse import ClickHouseServer
     from runwire.deploy.local.kafka import KafkaServer, free_port
@@ -232,13 +193,11 @@ def bench_pipeline(args) -> dict:
         for proc in (gateway, ingest):
             proc.terminate()
             proc.wait(60)
-    lags.sort()
-    pick = lambda q: round(lags[min(len(lags) - 1, int(q * len(lags)))], 3) if lags else None  # noqa: E731
     return {
         "mode": "kafka", "ranks": args.ranks, "metrics_per_call": args.k, "target_points_per_s": args.rate,
         "duration_s": args.duration, "points": emitted, "stored": int(distinct),
         "points_per_s": round(emitted / emit_seconds), "stored_points_per_s": round(distinct / caught_up),
-        "lag_p50_s": pick(0.50), "lag_p99_s": pick(0.99),
+        "lag_p50_s": percentile(lags, 0.50), "lag_p99_s": percentile(lags, 0.99),
         "lost": int(emitted - distinct), "duplicated": int(raw - distinct),
         "dropped_calls_in_emitters": sum(s["dropped_calls"] for s in summaries),
         "bytes_per_point": round(disk[0] / disk[1], 2) if disk[1] else None,

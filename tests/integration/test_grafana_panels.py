@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from demo_data import demo_database
 
 DASHBOARD_DIR = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "dashboards"
 PROVISIONING_DIR = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "provisioning"
@@ -310,33 +311,9 @@ RUN_ID = f"grafana-{uuid.uuid4().hex[:8]}"
 @pytest.fixture(scope="module")
 def demo(clickhouse_url):
     """A fresh database holding one demo run (2 nodes x 2 ranks, ~3 s) and two alerts."""
-    import clickhouse_connect
-
-    from runwire.deploy.local.demo import collect, launch_ranks, wait_for_rows
-    from runwire.deploy.local.stack import LocalStack
-
-    database = f"rw_grafana_{uuid.uuid4().hex[:10]}"
-    admin = clickhouse_connect.get_client(dsn=clickhouse_url)
-    stack = None
-    try:
-        # Direct mode (gateway -> writer) even where RUNWIRE_KAFKA_BOOTSTRAP names a broker:
-        # this test looks at stored data; the Kafka path has its own tests.
-        with pytest.MonkeyPatch.context() as env:
-            env.delenv("RUNWIRE_KAFKA_BOOTSTRAP", raising=False)
-            stack = LocalStack(clickhouse_url=clickhouse_url, database=database).start()
-        summaries = collect(launch_ranks(stack.gateway.address, RUN_ID, 3.0, nodes=2, ranks_per_node=2),
-                            timeout_s=120)
-        client = stack.client()
-        emitted = int(sum(s["runwire.points"] for s in summaries))
-        assert wait_for_rows(client, RUN_ID, emitted, timeout_s=30) == emitted
+    with demo_database(clickhouse_url, "rw_grafana", [(RUN_ID, 3.0)]) as client:
         _insert_alerts(client, RUN_ID)
         yield client
-        client.close()
-    finally:
-        if stack is not None:
-            stack.stop()
-        admin.command(f"DROP DATABASE IF EXISTS {database} SYNC")
-        admin.close()
 
 
 def _insert_alerts(client, run_id: str) -> None:

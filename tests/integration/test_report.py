@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from demo_data import demo_database
 
 BUILD = Path(__file__).resolve().parents[2] / "build"
 RUN_A = f"report-a-{uuid.uuid4().hex[:6]}"
@@ -118,34 +119,9 @@ def read_png(path: Path) -> np.ndarray:
 @pytest.fixture(scope="module")
 def report_client(clickhouse_url):
     """A fresh database with two demo runs, a differing parameter, a loss spike and two alerts."""
-    import clickhouse_connect
-
-    from runwire.deploy.local.demo import collect, launch_ranks, wait_for_rows
-    from runwire.deploy.local.stack import LocalStack
-
-    database = f"rw_report_{uuid.uuid4().hex[:10]}"
-    admin = clickhouse_connect.get_client(dsn=clickhouse_url)
-    stack = None
-    try:
-        # Direct mode (gateway -> writer) even where RUNWIRE_KAFKA_BOOTSTRAP names a broker:
-        # this test looks at stored data; the Kafka path has its own tests.
-        with pytest.MonkeyPatch.context() as env:
-            env.delenv("RUNWIRE_KAFKA_BOOTSTRAP", raising=False)
-            stack = LocalStack(clickhouse_url=clickhouse_url, database=database).start()
-        client = stack.client()
-        for run_id, seconds in ((RUN_A, 3.0), (RUN_B, 2.0)):
-            summaries = collect(launch_ranks(stack.gateway.address, run_id, seconds, nodes=2, ranks_per_node=2),
-                                timeout_s=120)
-            emitted = int(sum(s["runwire.points"] for s in summaries))
-            assert wait_for_rows(client, run_id, emitted, timeout_s=30) == emitted
+    with demo_database(clickhouse_url, "rw_report", [(RUN_A, 3.0), (RUN_B, 2.0)]) as client:
         _add_what_the_demo_lacks(client)
         yield client
-        client.close()
-    finally:
-        if stack is not None:
-            stack.stop()
-        admin.command(f"DROP DATABASE IF EXISTS {database} SYNC")
-        admin.close()
 
 
 def _add_what_the_demo_lacks(client) -> None:

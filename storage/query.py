@@ -563,18 +563,25 @@ class RunQueries:
         gpu_name, max_temperature_c, last_seen, last_run_id, last_rank}. Reads the per-minute
         rollup (the window starts at the minute that holds ``until - window_s``)."""
         limit = _positive_int(limit, "limit")
-        lo, hi = self._window(window_s, until)
-        params: dict[str, Any] = {"lo": lo // 60_000 * 60, "hi": hi // 1000, "limit": limit}
-        where = "minute >= toDateTime({lo:UInt32}, 'UTC') AND minute <= toDateTime({hi:UInt32}, 'UTC')"
-        if project is not None:
-            params["p"] = project
-            where = "project = {p:String} AND " + where
+        lo, hi, where, params = self._rollup_window(window_s, until, project)
+        params["limit"] = limit
         hottest = self._query(
             "SELECT toString(project) AS project, toString(host) AS host, toString(gpu_uuid) AS gpu_uuid, "
             f"max(max_temperature_c) AS max_temperature_c FROM gpu_samples_1m WHERE {where} "
             "GROUP BY project, host, gpu_uuid ORDER BY max_temperature_c DESC, host, gpu_uuid LIMIT {limit:UInt64}",
             params, _IN_ORDER)
         return self._with_last_run(hottest, lo, hi)
+
+    def _rollup_window(self, window_s: float, until, project: str | None) -> tuple[int, int, str, dict[str, Any]]:
+        """(lo_ms, hi_ms, WHERE, params) selecting the per-minute GPU rollup rows of a window
+        (from the minute that holds its start)."""
+        lo, hi = self._window(window_s, until)
+        params: dict[str, Any] = {"lo": lo // 60_000 * 60, "hi": hi // 1000}
+        where = "minute >= toDateTime({lo:UInt32}, 'UTC') AND minute <= toDateTime({hi:UInt32}, 'UTC')"
+        if project is not None:
+            params["p"] = project
+            where = "project = {p:String} AND " + where
+        return lo, hi, where, params
 
     def _with_last_run(self, rows: list[dict], lo_ms: int, hi_ms: int) -> list[dict]:
         """Adds the run, rank, index and name a GPU last reported in the window. (A GPU's samples
@@ -607,12 +614,8 @@ class RunQueries:
         rows {project, host, gpu_uuid, max_memory_used_bytes, memory_total_bytes, used_fraction,
         headroom_bytes, gpu_index, gpu_name, last_seen, last_run_id, last_rank}."""
         limit = _positive_int(limit, "limit")
-        lo, hi = self._window(window_s, until)
-        params: dict[str, Any] = {"lo": lo // 60_000 * 60, "hi": hi // 1000, "limit": limit}
-        where = "minute >= toDateTime({lo:UInt32}, 'UTC') AND minute <= toDateTime({hi:UInt32}, 'UTC')"
-        if project is not None:
-            params["p"] = project
-            where = "project = {p:String} AND " + where
+        lo, hi, where, params = self._rollup_window(window_s, until, project)
+        params["limit"] = limit
         rows = self._query(
             "SELECT toString(project) AS project, toString(host) AS host, toString(gpu_uuid) AS gpu_uuid, "
             "max(max_memory_used_bytes) AS max_memory_used_bytes, max(memory_total_bytes) AS memory_total_bytes, "

@@ -341,10 +341,6 @@ class Exporter:
         return False
 
     # -- shutdown ---------------------------------------------------------------------
-    def unacked(self) -> int:
-        with self._cond:
-            return len(self._entries)
-
     def flush(self, timeout: float) -> bool:
         """Send everything logged before this call and wait for its acknowledgement."""
         deadline = time.monotonic() + timeout

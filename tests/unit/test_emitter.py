@@ -54,19 +54,6 @@ def clean_environment(monkeypatch):
 
 
 @pytest.fixture
-def sink() -> RecordingSink:
-    return RecordingSink()
-
-
-@pytest.fixture
-def gateway(sink):
-    gw = start_gateway(sink)
-    yield gw
-    sink.release()
-    gw.stop(grace=0.5)
-
-
-@pytest.fixture
 def spool_dir(tmp_path) -> Path:
     return tmp_path / "spool"
 

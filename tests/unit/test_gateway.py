@@ -53,19 +53,6 @@ def raw(env: pb.Envelope) -> bytes:
 
 
 @pytest.fixture
-def sink() -> RecordingSink:
-    return RecordingSink()
-
-
-@pytest.fixture
-def gateway(sink):
-    gw = start_gateway(sink)
-    yield gw
-    sink.release()
-    gw.stop(grace=0.5)
-
-
-@pytest.fixture
 def auth_sink() -> RecordingSink:
     return RecordingSink()
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from kafka import KafkaConsumer
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from runwire import retry
 from runwire.config import build
@@ -69,8 +71,27 @@ class _FlushOnRevoke(ConsumerRebalanceListener):
         log.info("assigned %d partitions", len(assigned))
 
 
+class _Batch:
+    """Records polled since the last cut, and the offsets to commit once they are stored."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, dict]] = []
+        self.rows = 0
+        self.since = 0.0                                  # monotonic time of the first record
+        self.offsets: dict[TopicPartition, int] = {}      # next offset to read, per partition
+        self.dead_letters: list = []                      # futures: durable before the commit
+
+    def __bool__(self) -> bool:
+        return bool(self.offsets)
+
+
 class IngestWorker:
-    """One member of the ingest consumer group. `run()` until `stop()`."""
+    """One member of the ingest consumer group. `run()` until `stop()`.
+
+    Two threads: this one polls, decodes and cuts batches; an inserter writes one batch to
+    ClickHouse at a time while the next one fills. A batch's offsets are committed (here: the
+    consumer is not thread-safe) only after its insert and every insert before it succeeded.
+    """
 
     def __init__(self, config: IngestConfig, writer, backoff: retry.Backoff = retry.Backoff(max_s=5.0),
                  observers: list | None = None) -> None:
@@ -83,10 +104,10 @@ class IngestWorker:
         self.topics = topic_names(config.topic_prefix)
         self._stop = threading.Event()
         self.closing = False
-        self._buffer: list[tuple[str, dict]] = []
-        self._buffer_rows = 0
-        self._buffer_since = 0.0
-        self._dead_letters: list = []  # futures of dead-letter sends since the last commit
+        self._batch = _Batch()
+        self._inflight: tuple[_Batch, Future] | None = None
+        self._inserter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="runwire-insert")
+        self._counter_lock = threading.Lock()
         self.counters = {"records": 0, "rows": 0, "inserts": 0, "dead_letters": 0, "retries": 0}
         ensure_topics(config.kafka_bootstrap, config.topic_prefix, config.topic_partitions, config.topic_replication)
         self.producer = make_producer(config.kafka_bootstrap, client_id="runwire-ingest-dlq")
@@ -110,94 +131,130 @@ class IngestWorker:
                 for partition_records in polled.values():
                     for record in partition_records:
                         self._take(record)
-                if self._buffer and (self._buffer_rows >= self.config.batch_rows
-                                     or time.monotonic() - self._buffer_since >= self.config.batch_interval_s):
-                    self.flush()
-                elif polled and not self._buffer:
-                    self._commit()  # only dead letters were polled
+                        if self._batch.rows >= self.config.batch_rows:
+                            # Full: wait for the previous insert, so at most two batches are held.
+                            self._finish_inflight(wait=True)
+                            self._start_insert()
+                self._finish_inflight(wait=False)
+                # Due by time, the batch goes when the inserter is free; until then it keeps
+                # filling (fewer, larger inserts while ClickHouse is the bottleneck).
+                if self._inflight is None and self._batch_due():
+                    self._start_insert()
             self.flush()
         finally:
             self.closing = True
+            self._inserter.shutdown(wait=True)
             self.consumer.close(autocommit=False)
             self.producer.close(timeout=10)
 
     def stop(self) -> None:
         self._stop.set()
 
+    def flush(self) -> None:
+        """Insert everything polled so far (retrying while ClickHouse is unavailable) and commit."""
+        self._finish_inflight(wait=True)
+        if self._batch:
+            self._start_insert()
+            self._finish_inflight(wait=True)
+
+    def _batch_due(self) -> bool:
+        batch = self._batch
+        return bool(batch) and (not batch.records  # only dead letters: commit them now
+                                or time.monotonic() - batch.since >= self.config.batch_interval_s)
+
     def _take(self, record) -> None:
         self.counters["records"] += 1
+        batch = self._batch
+        batch.offsets[TopicPartition(record.topic, record.partition)] = record.offset + 1
         try:
             kind, decoded = codec.decode(record.value)
         except codec.PoisonRecord as exc:
-            self._dead_letter(record, str(exc))
+            batch.dead_letters.append(self._dead_letter(record, str(exc)))
             return
         for observer in self.observers:
             try:
                 observer(kind, decoded)
             except Exception:  # an observer's bug must never stop ingestion
                 log.exception("ingest observer failed")
-        if not self._buffer:
-            self._buffer_since = time.monotonic()
-        self._buffer.append((kind, decoded))
-        self._buffer_rows += codec.row_count(kind, decoded)
+        if not batch.records:
+            batch.since = time.monotonic()
+        batch.records.append((kind, decoded))
+        batch.rows += codec.row_count(kind, decoded)
 
-    def _dead_letter(self, record, reason: str) -> None:
+    def _dead_letter(self, record, reason: str):
+        """Send to the dead-letter topic; returns the send's future."""
         log.warning("dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason)
-        self.counters["dead_letters"] += 1
+        with self._counter_lock:
+            self.counters["dead_letters"] += 1
         headers = [
             ("runwire.reason", reason.encode()[:1000]),
             ("runwire.topic", record.topic.encode()),
             ("runwire.partition", str(record.partition).encode()),
             ("runwire.offset", str(record.offset).encode()),
         ]
-        self._dead_letters.append(self.producer.send(
-            self.topics["deadletter"], key=record.key, value=record.value or b"", headers=headers))
+        return self.producer.send(self.topics["deadletter"], key=record.key, value=record.value or b"", headers=headers)
 
-    def flush(self) -> None:
-        """Insert everything buffered (retrying while ClickHouse is unavailable), then commit."""
-        if self._buffer:
-            self._insert(self._buffer)
-            self.counters["rows"] += self._buffer_rows
-            self._buffer, self._buffer_rows = [], 0
-        self._commit()
+    def _start_insert(self) -> None:
+        batch, self._batch = self._batch, _Batch()
+        self._inflight = (batch, self._inserter.submit(self._insert, batch))
 
-    def _insert(self, batch: list[tuple[str, dict]]) -> None:
+    def _finish_inflight(self, wait: bool) -> None:
+        """Once the running insert is done: raise its error, or commit its batch's offsets."""
+        if self._inflight is None:
+            return
+        batch, future = self._inflight
+        if not wait and not future.done():
+            return
+        self._inflight = None
+        future.result()  # an insert that gave up (stopped while ClickHouse was down) ends run()
+        self._commit(batch)
+
+    # -- inserter thread -------------------------------------------------------------------
+    def _insert(self, batch: _Batch) -> None:
+        if not batch.records:
+            return  # only dead letters
         attempt = 0
         while True:
             try:
-                self.writer.write(batch)
-                self.counters["inserts"] += 1
+                self.writer.write(batch.records)
+                with self._counter_lock:
+                    self.counters["inserts"] += 1
+                    self.counters["rows"] += batch.rows
                 return
             except Exception as exc:
                 if is_permanent(exc):
                     self._insert_one_by_one(batch, exc)
                     return
-                self.counters["retries"] += 1
+                with self._counter_lock:
+                    self.counters["retries"] += 1
                 log.warning("ClickHouse insert of %d records failed (attempt %d), retrying: %s",
-                            len(batch), attempt + 1, exc)
+                            len(batch.records), attempt + 1, exc)
                 # Offsets stay uncommitted while we wait, so a crash here loses nothing.
                 if not retry.sleep(self.backoff, attempt, self._stop):
                     raise RuntimeError("stopped while ClickHouse was unavailable; offsets not committed") from exc
                 attempt += 1
 
-    def _insert_one_by_one(self, batch: list[tuple[str, dict]], first_error: Exception) -> None:
+    def _insert_one_by_one(self, batch: _Batch, first_error: Exception) -> None:
         """A permanent error: find the bad records, dead-letter them, insert the rest."""
         log.error("ClickHouse rejected a batch as bad data (%s); isolating the bad records", first_error)
-        for kind, decoded in batch:
+        for kind, decoded in batch.records:
             try:
                 self.writer.write([(kind, decoded)])
             except Exception as exc:
                 if not is_permanent(exc):
                     raise
                 encoded = codec.encode(kind, decoded if kind == codec.RUNS else _repack(kind, decoded))
-                self._dead_letter(_Rejected(self.topics[kind], encoded), f"ClickHouse rejected the record: {exc}")
+                batch.dead_letters.append(self._dead_letter(
+                    _Rejected(self.topics[kind], encoded), f"ClickHouse rejected the record: {exc}"))
 
-    def _commit(self) -> None:
-        for future in self._dead_letters:
+    # -- back on the polling thread --------------------------------------------------------
+    def _commit(self, batch: _Batch) -> None:
+        for future in batch.dead_letters:
             future.get(timeout=30)  # a dead letter must be durable before its offset moves on
-        self._dead_letters = []
+        if not batch.offsets:
+            return
         try:
-            self.consumer.commit()
+            self.consumer.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in batch.offsets.items()})
         except Exception as exc:
             # Lost the partitions (rebalance): the new owner replays from the last commit.
             log.warning("offset commit failed, the records will be replayed: %s", exc)

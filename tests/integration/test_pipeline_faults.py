@@ -12,7 +12,7 @@ import time
 import uuid
 
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
 from runwire.ingest.gateway import GatewayConfig, create_gateway
 from runwire.ingest.worker import IngestConfig, create_worker
@@ -38,9 +38,11 @@ class Pipeline:
         self.workers: list = []
         self.processes: list[subprocess.Popen] = []
 
-    def start_worker(self, batch_rows: int = 20_000):
+    def start_worker(self, batch_rows: int = 20_000, wrap_writer=None):
         worker = create_worker(IngestConfig.from_settings(group_id=self.group_id, batch_rows=batch_rows,
                                                           batch_interval_s=0.2, **self.settings))
+        if wrap_writer:
+            worker.writer = wrap_writer(worker.writer)
         thread = threading.Thread(target=worker.run, name="test-ingest", daemon=True)
         thread.start()
         self.workers.append((worker, thread))
@@ -223,3 +225,61 @@ def test_two_workers_and_a_rebalance_in_the_middle(pipeline):
         finish_delivered(run)
     for run_id, count in expected.items():
         assert pipeline.wait_stored(run_id, count) == (count, count)
+
+
+class GatedWriter:
+    """Holds every insert until the gate opens; remembers the first insert's size."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.gate, self.first_records = inner, threading.Event(), None
+
+    def write(self, records):
+        if self.first_records is None:
+            self.first_records = len(records)
+        self.gate.wait(120)
+        return self.inner.write(records)
+
+
+def test_polling_goes_on_during_an_insert_and_offsets_wait_for_it(pipeline, kafka_bootstrap):
+    writer = None
+
+    def gated(inner):
+        nonlocal writer
+        writer = GatedWriter(inner)
+        return writer
+
+    worker = pipeline.start_worker(batch_rows=2_000, wrap_writer=gated)
+    run = pipeline.run()
+    expected = log_points(run, 2_000, pause_every=100, pause_s=0.01)  # many small envelopes
+    finish_delivered(run)
+
+    # The first insert is held; the worker polls on and fills the next batch meanwhile.
+    deadline = time.monotonic() + 60
+    while (writer.first_records is None or worker.counters["records"] <= writer.first_records) \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert worker.counters["records"] > writer.first_records
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        # ... but commits nothing while no insert has finished.
+        assert admin.list_group_offsets(pipeline.group_id)[pipeline.group_id] == {}
+        assert pipeline.stored(run.id) == (0, 0)
+
+        writer.gate.set()
+        assert pipeline.wait_stored(run.id, expected) == (expected, expected)
+        # Once everything is stored, the committed offsets reach the end of every partition.
+        consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap)
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                committed = admin.list_group_offsets(pipeline.group_id)[pipeline.group_id]
+                ends = consumer.end_offsets(list(committed))
+                if committed and all(committed[tp].offset == ends[tp] for tp in committed) \
+                        or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+        finally:
+            consumer.close()
+        assert sum(m.offset for m in committed.values()) == sum(ends.values()) > 0
+    finally:
+        admin.close()

@@ -216,3 +216,12 @@ def test_clickhouse_data_survives_restart_with_same_url(restartable_clickhouse, 
     clickhouse_client.insert(f"{db}.samples", [["d"], [4], [4.5]],
                              column_names=["run_id", "step", "value"], column_oriented=True)
     assert clickhouse_client.command(f"SELECT count() FROM {db}.samples") == 4
+
+
+def test_local_clickhouse_lets_inserts_preempt_merges(restartable_clickhouse, clickhouse_client):
+    """The local server runs merges at a lower CPU priority, so that on a busy machine inserts
+    (and with them, ingest lag) do not wait behind background merges."""
+    value, changed = clickhouse_client.query(
+        "SELECT value, changed FROM system.server_settings WHERE name = 'os_threads_nice_value_merge_mutate'"
+    ).result_rows[0]
+    assert (value, changed) == ("10", 1)

@@ -46,7 +46,7 @@ import time
 import uuid
 from pathlib import Path
 
-from common import curves, percentile, start_cli, wait_line
+from common import curves, drain, percentile, start_cli, wait_line
 
 HERE = Path(__file__).resolve()
 PROJECT = "bench"
@@ -158,13 +158,6 @@ def rank_main(args) -> None:
 
 # -- the pipeline ------------------------------------------------------------------------------
 
-def _drain(proc: subprocess.Popen) -> threading.Thread:
-    """Keep reading a child's output so it never blocks on a full pipe."""
-    t = threading.Thread(target=lambda: [None for _ in proc.stdout], name="bench-drain", daemon=True)
-    t.start()
-    return t
-
-
 def bench(args) -> dict:
     from runwire.deploy.local.clickhouse import ClickHouseServer
     from runwire.deploy.local.kafka import KafkaServer, free_port
@@ -208,7 +201,7 @@ def bench(args) -> dict:
             gateway_address = f"127.0.0.1:{free_port()}"
             gateway = start_cli(["gateway", "--listen", gateway_address], env)
             wait_line(gateway, "listening on")
-            _drain(gateway)
+            drain(gateway)
 
             client = connect(clickhouse.url, "runwire")
             migrate(client)

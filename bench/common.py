@@ -8,6 +8,7 @@ import random
 import struct
 import subprocess
 import sys
+import threading
 import time
 
 
@@ -50,6 +51,13 @@ def wait_line(proc: subprocess.Popen, needle: str, timeout: float = 120) -> str:
         if not line and proc.poll() is not None:
             break
     raise RuntimeError(f"process did not print {needle!r}")
+
+
+def drain(proc: subprocess.Popen) -> threading.Thread:
+    """Keep reading a child's output so it never blocks on a full pipe."""
+    t = threading.Thread(target=lambda: [None for _ in proc.stdout], name="bench-drain", daemon=True)
+    t.start()
+    return t
 
 
 def percentile(values: list[float], q: float) -> float | None:

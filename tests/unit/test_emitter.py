@@ -106,6 +106,34 @@ def test_points_arrive_with_names_steps_and_values(gateway, sink, spool_dir):
     assert end["summary"]["loss"] == 0.5 and math.isnan(end["summary"]["nan"])  # last value of each metric
 
 
+def test_a_busy_run_sends_full_envelopes_without_waiting_for_the_interval(gateway, sink, spool_dir):
+    run = start(gateway.address, spool_dir, flush_interval_s=2.0, batch_points=500)
+    ages = []
+    start_s = time.monotonic()
+    step = 0
+    while time.monotonic() - start_s < 4.0:  # ~10,000 points/s: an envelope's worth every 50 ms
+        for _ in range(20):
+            run.log({f"m{j}": 1.0 for j in range(10)}, step=step)
+            step += 1
+        time.sleep(0.02)
+        if time.monotonic() - start_s > 2.5 and len(ages) < 60:  # once the rate is known
+            newest = max((ts for _, _, _, ts, _ in sink.points()), default=0)
+            ages.append((time.time_ns() - newest) / 1e9)
+    assert_delivered(run.finish())
+    # With the 2 s interval alone, the newest delivered point would often be over a second old.
+    assert max(ages) < 0.6, ages
+
+
+def test_a_quiet_run_sends_at_most_one_envelope_per_interval(gateway, sink, spool_dir):
+    run = start(gateway.address, spool_dir, flush_interval_s=0.5, batch_points=500)
+    for step in range(16):  # 10 points/s for 1.6 s
+        run.log({"loss": 1.0}, step=step)
+        time.sleep(0.1)
+    assert 1 <= len(sink.of_kind(codec.METRICS)) <= 4
+    assert_delivered(run.finish())
+    assert len(sink.points()) == 16
+
+
 def test_auto_step_increments_and_follows_explicit_steps(gateway, sink, spool_dir):
     run = start(gateway.address, spool_dir)
     for value in (1.0, 2.0, 3.0):
@@ -553,3 +581,12 @@ def test_params_beyond_the_gateway_limits_are_cut_or_dropped_not_lost_with_the_r
     assert params["lr"] == "0.1"
     assert params["notes"] == "x" * 8192
     assert "k" * 300 not in params
+
+
+def test_next_drain_wait_is_the_time_to_fill_an_envelope_within_bounds():
+    from runwire.exporter import next_drain_wait
+
+    assert next_drain_wait(0, 0.5, 8192, 0.5) == 0.5                         # nothing logged
+    assert next_drain_wait(10, 0.5, 8192, 0.5) == 0.5                        # quiet: the interval
+    assert next_drain_wait(125_000, 0.5, 8192, 0.5) == pytest.approx(8192 * 0.5 / 125_000)
+    assert next_drain_wait(10_000_000, 0.5, 8192, 0.5) == 0.02               # floor: no busy loop

@@ -118,6 +118,7 @@ class Exporter:
         self._cond = threading.Condition()
         self._seq = 0
         self._passes = 0  # completed batcher passes, for flush()
+        self._send_partial = False  # flush(): the next pass sends the envelope it is filling
         self._auth_failed = False
         self._entries: dict[int, bytes | None] = {}  # unacked: payload in memory, or None = on disk
         self._memory_bytes = 0
@@ -156,20 +157,32 @@ class Exporter:
 
     # -- batcher ----------------------------------------------------------------------
     def _batch_loop(self) -> None:
-        wait = self.config.flush_interval_s
-        last = time.monotonic()
+        # Full envelopes leave at once; the one being filled waits until its oldest point is
+        # flush_interval_s old (or flush()/finish()), so a busy run sends full envelopes only.
+        interval = self.config.flush_interval_s
+        wait, last = interval, time.monotonic()
+        partial: _MetricBuilder | None = None
+        partial_since = last
         while True:
             self._wake.wait(wait)
             self._wake.clear()
             final = self._draining
+            force, self._send_partial = self._send_partial, False
             points_before = self.stats["points"]
+            now = time.monotonic()
+            if partial is None:
+                partial_since = last  # its points were all logged after the previous pass
+            send_partial = final or force or now - partial_since >= interval - _MIN_DRAIN_WAIT_S
             try:
-                self._drain()
+                partial = self._drain(partial, send_partial)
             except Exception:  # never let a bad value kill the thread
                 log.exception("runwire batcher failed; continuing")
+                partial = None
             now = time.monotonic()
             wait = next_drain_wait(self.stats["points"] - points_before, now - last,
-                                   self.config.batch_points, self.config.flush_interval_s)
+                                   self.config.batch_points, interval)
+            if partial is not None:
+                wait = max(_MIN_DRAIN_WAIT_S, min(wait, partial_since + interval - now))
             last = now
             with self._cond:
                 self._passes += 1
@@ -177,14 +190,19 @@ class Exporter:
             if final:
                 return
 
-    def _drain(self) -> None:
+    def _drain(self, partial: "_MetricBuilder | None", send_partial: bool) -> "_MetricBuilder | None":
+        """Send the queue as envelopes; returns the last one, not yet full, unless send_partial."""
         points = self.points
         high = len(points)
         if high > self.stats["queue_high_water"]:
             self.stats["queue_high_water"] = high
+        if self._control and partial is not None:
+            # Points logged before a params/tags/GPU update go out ahead of it.
+            self._emit(metrics=partial.message())
+            partial = None
         while self._control:
             self._emit(**self._control.popleft())
-        batch = _MetricBuilder(self._valid_name)
+        batch = partial or _MetricBuilder(self._valid_name)
         limit = self.config.batch_points
         while points:
             self._wait_for_spool_space()
@@ -199,8 +217,12 @@ class Exporter:
             if len(batch.values) >= limit:
                 self._emit(metrics=batch.message())
                 batch = _MetricBuilder(self._valid_name)
-        if batch.values:
+        if not batch.values:
+            return None
+        if send_partial:
             self._emit(metrics=batch.message())
+            return None
+        return batch
 
     @staticmethod
     def _valid_name(name) -> bool:
@@ -355,6 +377,7 @@ class Exporter:
             # A pass that is already running may have missed the newest points: wait for the next.
             wanted = self._passes + 2
             while self._passes < wanted:
+                self._send_partial = True
                 self._wake.set()
                 if not self._cond.wait(max(0.0, min(0.05, deadline - time.monotonic()))) and time.monotonic() >= deadline:
                     return False
@@ -527,6 +550,9 @@ def _details(exc: grpc.RpcError) -> str:
         return ""
 
 
+_MIN_DRAIN_WAIT_S = 0.02
+
+
 def next_drain_wait(drained: int, elapsed_s: float, batch_points: int, flush_interval_s: float) -> float:
     """How long the batcher sleeps before its next pass: the time this rate takes to fill one
     envelope, between 20 ms and flush_interval_s. Like Kafka's batch.size with linger.ms: a busy
@@ -534,4 +560,4 @@ def next_drain_wait(drained: int, elapsed_s: float, batch_points: int, flush_int
     envelope per interval (fewer requests at the gateway)."""
     if drained <= 0 or elapsed_s <= 0:
         return flush_interval_s
-    return min(flush_interval_s, max(0.02, batch_points * elapsed_s / drained))
+    return min(flush_interval_s, max(_MIN_DRAIN_WAIT_S, batch_points * elapsed_s / drained))

@@ -122,6 +122,10 @@ def test_a_busy_run_sends_full_envelopes_without_waiting_for_the_interval(gatewa
     assert_delivered(run.finish())
     # With the 2 s interval alone, the newest delivered point would often be over a second old.
     assert max(ages) < 0.6, ages
+    # ... and it still sends full envelopes: one not full per interval at most, plus the last.
+    sizes = [len(r["values"]) for r in sink.of_kind(codec.METRICS)]
+    assert len(sink.points()) == step * 10
+    assert len(sizes) > 50 and sum(size < 500 for size in sizes) <= 4, sizes
 
 
 def test_a_quiet_run_sends_at_most_one_envelope_per_interval(gateway, sink, spool_dir):

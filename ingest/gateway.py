@@ -46,7 +46,7 @@ class GatewayConfig:
     tokens: dict[str, str] = secret(default_factory=dict)  # project -> bearer token; empty: no auth
     tls_cert_file: str = ""                  # PEM certificate chain; with tls_key_file: serve TLS
     tls_key_file: str = ""                   # PEM private key
-    max_workers: int = 256                   # concurrent streams (one thread each)
+    max_streams: int = 1024                  # open streams (one per emitting process); beyond: RESOURCE_EXHAUSTED
     max_pending: int = 20000                 # envelopes awaiting their sink; beyond: RESOURCE_EXHAUSTED
     drain_timeout_s: float = 30.0            # how long a closing stream waits for its last acks
 
@@ -60,8 +60,8 @@ class GatewayConfig:
             out.append("clickhouse_url (RUNWIRE_CLICKHOUSE_URL) is required in direct mode")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             out.append("tls_cert_file and tls_key_file go together")
-        if self.max_pending < 1 or self.max_workers < 1:
-            out.append("max_pending and max_workers must be >= 1")
+        if self.max_pending < 1 or self.max_streams < 1:
+            out.append("max_pending and max_streams must be >= 1")
         return out
 
     @classmethod
@@ -232,9 +232,13 @@ class Gateway:
         self.config = config
         self.sink = sink
         self.service = TelemetryService(config, sink)
+        # A stream holds a server thread for its whole life (plus a reader thread). Calls beyond
+        # max_streams are refused with RESOURCE_EXHAUSTED at once (emitters back off and retry;
+        # a load balancer's health check sees a full gateway) instead of queueing unanswered.
         self.server = grpc.server(
-            ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="runwire-gateway"),
+            ThreadPoolExecutor(max_workers=config.max_streams, thread_name_prefix="runwire-gateway"),
             options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
+            maximum_concurrent_rpcs=config.max_streams,
         )
         self.server.add_generic_rpc_handlers((self.service.handler(),))
         self.health = health.HealthServicer()

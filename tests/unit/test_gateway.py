@@ -242,6 +242,34 @@ def test_max_pending_exceeded_answers_resource_exhausted(sink, streams):
         gw.stop(grace=0.5)
 
 
+def test_streams_beyond_capacity_are_refused_at_once_and_the_emitter_gets_in_later(sink, streams, tmp_path):
+    gw = start_gateway(sink, max_streams=2)
+    try:
+        with channel_to(gw) as ch:
+            held = [streams(ch), streams(ch)]
+            for i, stream in enumerate(held):
+                stream.send(raw(envelope(seq=1, stream_id=f"held-{i}")))
+                assert stream.next_ack().code == "OK"
+            # A third stream is refused straight away rather than left waiting for a thread.
+            extra = streams(ch)
+            assert extra.next_ack(timeout=5) is None
+            assert extra.error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+            # An emitter that arrives now backs off and retries; once a stream ends, it delivers.
+            before = sink.point_count()  # the held streams' points
+            run = runwire.init(project="proj", gateway=gw.address, gpu=False, spool_dir=str(tmp_path / "spool"),
+                               flush_interval_s=0.05, finish_timeout_s=20)
+            run.log({"loss": 1.0}, step=1)
+            time.sleep(0.5)
+            assert sink.point_count() == before
+            held[0].close()
+            summary = run.finish()
+            assert summary["runwire.unacked"] == 0 and summary["runwire.reconnects"] >= 1
+            assert sink.point_count() == before + 1
+    finally:
+        gw.stop(grace=0.5)
+
+
 # -- authentication ----------------------------------------------------------------------
 
 

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install kafka-jars chromium test test-unit demo up proto bench bench-emitter bench-e2e bench-query bench-alerts clean
+.PHONY: install kafka-jars chromium test test-unit demo up proto bench bench-emitter bench-e2e bench-query bench-alerts bench-streams clean
 
 $(STAMP): pyproject.toml
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
@@ -45,7 +45,7 @@ up: install
 proto: install
 	PYTHON=$(PYTHON) scripts/gen_proto.sh
 
-bench: bench-emitter bench-e2e bench-query bench-alerts
+bench: bench-emitter bench-e2e bench-query bench-alerts bench-streams
 
 bench-emitter: $(BENCH_STAMP)
 	mkdir -p build/bench
@@ -62,6 +62,10 @@ bench-query: $(BENCH_STAMP)
 bench-alerts: $(BENCH_STAMP) kafka-jars
 	mkdir -p build/bench
 	$(PYTHON) bench/alerts.py --out build/bench/alerts.json
+
+bench-streams: $(BENCH_STAMP) kafka-jars
+	mkdir -p build/bench
+	$(PYTHON) bench/streams.py --out build/bench/streams.json
 
 clean:
 	rm -rf build $(VENV)

@@ -47,7 +47,7 @@ def stream_client(address: str, index: int, seconds: int, points: int, results: 
             yield env.SerializeToString()
             time.sleep(1.0)
 
-    latencies, acked = [], 0
+    latencies, acked, answers = [], 0, {}
     with grpc.insecure_channel(address) as channel:
         try:
             call = channel.stream_stream(STREAM_METHOD, response_deserializer=pb.Ack.FromString)(
@@ -56,18 +56,22 @@ def stream_client(address: str, index: int, seconds: int, points: int, results: 
                 if ack.code in ("", "OK"):
                     acked += 1
                     latencies.append(time.perf_counter() - sent_at[ack.seq])
+                else:
+                    answers[ack.code] = answers.get(ack.code, 0) + 1
             outcome = "ok" if acked == seconds else "incomplete"
         except grpc.RpcError as exc:
             outcome = exc.code().name
     with lock:
         results["outcomes"][outcome] = results["outcomes"].get(outcome, 0) + 1
         results["latencies"].extend(latencies)
+        for code, n in answers.items():
+            results["not_ok_answers"][code] = results["not_ok_answers"].get(code, 0) + n
 
 
 def client_main(args) -> None:
     """One client process: COUNT streams, from index FIRST, sending from START_AT (epoch s)."""
     address, first, count, start_at = args.client[0], int(args.client[1]), int(args.client[2]), float(args.client[3])
-    results: dict = {"outcomes": {}, "latencies": []}
+    results: dict = {"outcomes": {}, "latencies": [], "not_ok_answers": {}}
     lock = threading.Lock()
     threads = [threading.Thread(target=stream_client, daemon=True,
                                 args=(address, first + i, args.seconds, args.points, results, lock, start_at))
@@ -120,12 +124,14 @@ def main() -> None:
                 peak_threads = max(peak_threads, process.num_threads())
                 peak_rss = max(peak_rss, process.memory_info().rss)
                 time.sleep(0.5)
-            results: dict = {"outcomes": {}, "latencies": []}
+            results: dict = {"outcomes": {}, "latencies": [], "not_ok_answers": {}}
             for client in clients:
                 part = json.loads(client.communicate()[0].strip().splitlines()[-1])
                 for outcome, n in part["outcomes"].items():
                     results["outcomes"][outcome] = results["outcomes"].get(outcome, 0) + n
                 results["latencies"].extend(part["latencies"])
+                for code, n in part["not_ok_answers"].items():
+                    results["not_ok_answers"][code] = results["not_ok_answers"].get(code, 0) + n
             elapsed = time.perf_counter() - started
             cpu = sum(process.cpu_times()[:2]) - cpu_before
         finally:
@@ -139,7 +145,7 @@ def main() -> None:
         "points_per_envelope": args.points,
         "streams_ok": outcomes.get("ok", 0), "streams_refused": outcomes.get("RESOURCE_EXHAUSTED", 0),
         "streams_other": {k: v for k, v in outcomes.items() if k not in ("ok", "RESOURCE_EXHAUSTED")},
-        "envelopes_acked": len(results["latencies"]),
+        "envelopes_acked": len(results["latencies"]), "envelopes_answered_not_ok": results["not_ok_answers"],
         "ack_latency_p50_s": percentile(results["latencies"], 0.50),
         "ack_latency_p99_s": percentile(results["latencies"], 0.99),
         "gateway_peak_threads": peak_threads, "gateway_peak_rss_mb": round(peak_rss / 2**20, 1),

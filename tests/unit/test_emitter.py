@@ -120,8 +120,8 @@ def test_a_busy_run_sends_full_envelopes_without_waiting_for_the_interval(gatewa
             newest = max((ts for _, _, _, ts, _ in sink.points()), default=0)
             ages.append((time.time_ns() - newest) / 1e9)
     assert_delivered(run.finish())
-    # With the 2 s interval alone, the newest delivered point would often be over a second old.
-    assert max(ages) < 0.6, ages
+    # With the 2 s interval alone, the newest delivered point would grow up to 2 s old here.
+    assert max(ages) < 1.0, ages
     # ... and it still sends full envelopes: one not full per interval at most, plus the last.
     sizes = [len(r["values"]) for r in sink.of_kind(codec.METRICS)]
     assert len(sink.points()) == step * 10

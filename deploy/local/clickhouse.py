@@ -256,7 +256,7 @@ def serve(path: str, ports_file: str, http_port: int = 0, tcp_port: int = 0) -> 
                     f"  <tcp_port>{int(tcp_port)}</tcp_port>\n"
                     # Merges are background work: let inserts and queries preempt them (a no-op
                     # without CAP_SYS_NICE). With ingest saturating 2 cores, this took the e2e
-                    # lag p99 from 5.3 s to under 2 s (bench/e2e.py).
+                    # lag p99 from 5.3 s to 1.4-2.3 s (bench/e2e.py).
                     "  <os_threads_nice_value_merge_mutate>10</os_threads_nice_value_merge_mutate>\n"
                     "</clickhouse>\n")
         # chdb reads config.xml from the current directory when it starts its engine.

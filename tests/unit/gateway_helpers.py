@@ -120,6 +120,7 @@ def free_port() -> int:
 
 def start_gateway(sink: RecordingSink, port: int = 0, **settings) -> Gateway:
     # mode/kafka_bootstrap only satisfy config validation: the sink is ours, Kafka is never used.
+    settings.setdefault("max_streams", 16)
     config = GatewayConfig(listen=f"127.0.0.1:{port}", mode="kafka", kafka_bootstrap="unused:9092",
-                           drain_timeout_s=5.0, **{"max_streams": 16, **settings})
+                           drain_timeout_s=5.0, **settings)
     return Gateway(config, sink).start()

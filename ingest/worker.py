@@ -91,6 +91,7 @@ class IngestWorker:
     Two threads: this one polls, decodes and cuts batches; an inserter writes one batch to
     ClickHouse at a time while the next one fills. A batch's offsets are committed (here: the
     consumer is not thread-safe) only after its insert and every insert before it succeeded.
+    The writer is used on the inserter thread only: give it a ClickHouse client of its own.
     """
 
     def __init__(self, config: IngestConfig, writer, backoff: retry.Backoff = retry.Backoff(max_s=5.0),

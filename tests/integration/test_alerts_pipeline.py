@@ -252,7 +252,10 @@ def test_engine_as_ingest_worker_observer_through_kafka(kafka_bootstrap, clickho
     config = IngestConfig.from_settings(kafka_bootstrap=kafka_bootstrap, clickhouse_url=clickhouse_url,
                                         clickhouse_database=fresh_database, topic_prefix=prefix,
                                         topic_partitions=1, group_id=f"g-{prefix}", batch_interval_s=0.2)
-    worker = IngestWorker(config, StorageWriter(db), observers=[engine.observe])
+    # The worker inserts from its own thread: its own client, as create_worker() gives it
+    # (a clickhouse-connect client is one session, and sessions take one query at a time).
+    worker_client = connect(clickhouse_url, fresh_database)
+    worker = IngestWorker(config, StorageWriter(worker_client), observers=[engine.observe])
     thread = threading.Thread(target=worker.run, name="test-ingest-worker", daemon=True)
     thread.start()
     producer = make_producer(kafka_bootstrap)
@@ -282,6 +285,7 @@ def test_engine_as_ingest_worker_observer_through_kafka(kafka_bootstrap, clickho
         producer.close(timeout=10)
         worker.stop()
         thread.join(30)
+        worker_client.close()
         admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, client_id="runwire-tests")
         try:
             admin.delete_topics(list(topic_names(prefix).values()), timeout_ms=30_000)

@@ -23,11 +23,31 @@ def cluster_sql() -> str:
     for _, name, statements in migrations():
         out.append(f"-- from {name}")
         for statement in statements:
-            out.append(_translate(statement) + ";\n")
+            translated = _translate(statement)
+            if translated:
+                out.append(translated + ";\n")
     return "\n".join(out)
 
 
-def _translate(statement: str) -> str:
+# Replicated tables deduplicate inserts by default (replicated_deduplication_window).
+_NON_REPLICATED_SETTING = re.compile(r"\s*SETTINGS non_replicated_deduplication_window = \d+$")
+
+
+def _translate(statement: str) -> str | None:
+    if re.match(r"ALTER TABLE \w+ MODIFY SETTING non_replicated_deduplication_window = \d+$", statement):
+        return None
+    statement = _NON_REPLICATED_SETTING.sub("", statement)
+    alter = re.match(r"ALTER TABLE (\w+) ", statement)
+    if alter:
+        t = alter.group(1)
+        # Columns change on the replicated tables and on the Distributed tables over them.
+        return ";\n\n".join(statement.replace(alter.group(0), f"ALTER TABLE runwire.{name} ON CLUSTER runwire ", 1)
+                            for name in (f"{t}_local", t))
+    drop = re.match(r"DROP (VIEW|TABLE) IF EXISTS (\w+)$", statement)
+    if drop:
+        kind, t = drop.groups()
+        names = [t] if kind == "VIEW" else [t, f"{t}_local"]
+        return ";\n\n".join(f"DROP {kind} IF EXISTS runwire.{name} ON CLUSTER runwire SYNC" for name in names)
     table = re.match(r"CREATE TABLE IF NOT EXISTS (\w+)", statement)
     if table:
         t = table.group(1)

@@ -7,16 +7,27 @@ formatted into SQL are fixed column names and the GPU field, which is checked ag
 
 How the queries stay fast at scale (see bench/query.py):
 
+"Last": everywhere (show, compare, search, curves, the report) a metric's last value is the
+value at its highest step; ties: the latest timestamp, then the lowest rank. The rollups keep
+it as a tuple under max(): (step, ts, value) per rank and minute in ``metrics_1m``, (step, ts,
+-rank, value) per run and metric in ``metrics_summary`` (migration 0004_last_by_step.sql).
+
+Replays (a batch stored twice, see README "Replays"): the raw tables collapse them on merge;
+until then every read here that counts or averages removes them itself (``uniqExact`` over the
+point key, ``FINAL``, or ``any`` per point), and min, max and last cannot change. Only the
+per-minute rollups' count and sum include a replay that reached ClickHouse in a differently
+composed insert (an identical insert is deduplicated): the ``count`` of time curves with
+buckets of a minute or more and the means of ``gpu_timeline`` over such buckets.
+
+How the queries stay fast at scale (see bench/query.py):
+
 * Every per-run query filters on the sorting-key prefix ``(project, run_id, name, rank)``. A
-  run id alone is resolved to its project once (from ``runs``/``run_ranks``, cached).
-* Aggregates that a replayed (not yet merged) batch cannot change (min, max, argMax/last) read
-  the tables without ``FINAL``; counts are ``uniqExact`` over the point key and medians read
-  ``FINAL``, so replays never inflate them.
+  run id alone is resolved to its project once (from ``runs``/``run_ranks``, cached). Every
+  WHERE clause is built by :func:`where_clause`.
 * A run's last/min/max per metric (search, compare, show) comes from ``metrics_summary``
-  (migration 0003_metrics_summary.sql, filled by its materialized view on every insert into
-  ``metrics``): one row per run and metric once merged, and exact under replays (min, max and an
-  argMax state keyed by (step, -rank, ts)). At 1,000 runs x 100 million points a search reads
-  10,000 summary rows instead of 3.4 million per-minute rollup rows.
+  (filled by its materialized view on every insert into ``metrics_1m``): one row per run and
+  metric once merged. At 1,000 runs x 100 million points a search reads 10,000 summary rows
+  instead of 3.4 million per-minute rollup rows.
 * Time curves wider than one minute per bucket, the GPU timeline over long ranges and the
   fleet views (hottest GPUs, memory headroom) read the per-minute rollups.
 """
@@ -97,6 +108,38 @@ def _ranks_list(ranks) -> list[int] | None:
     return sorted(set(ranks))
 
 
+# The one home of RunQueries' WHERE clauses: filter -> (column, operator, parameter type).
+_FILTERS = {
+    "project": ("project", "=", "String"),
+    "run_id": ("run_id", "=", "String"),
+    "name": ("name", "=", "String"),
+    "gpu_uuid": ("gpu_uuid", "=", "String"),
+    "projects": ("project", "IN", "Array(String)"),
+    "run_ids": ("run_id", "IN", "Array(String)"),
+    "names": ("name", "IN", "Array(String)"),
+    "ranks": ("rank", "IN", "Array(UInt32)"),
+    "hosts": ("host", "IN", "Array(String)"),
+    "gpu_uuids": ("gpu_uuid", "IN", "Array(String)"),
+    "keys": ("key", "IN", "Array(String)"),
+}
+
+
+def where_clause(params: dict | None = None, prefix: str = "w_", **filters) -> tuple[str, dict]:
+    """``(sql, params)``: the conditions of every filter that is not None, joined by AND, each
+    value a server-side parameter named ``<prefix><filter>`` (added to a copy of ``params``;
+    give two clauses of one query with different values different prefixes); "1" when there
+    are none. Filters: the keys of _FILTERS, e.g. where_clause(project="p", ranks=[0, 1])."""
+    out = dict(params or {})
+    parts = []
+    for key, value in filters.items():
+        if value is None:
+            continue
+        column, op, kind = _FILTERS[key]
+        out[prefix + key] = sorted(set(value)) if op == "IN" else value
+        parts.append(f"{column} {op} {{{prefix}{key}:{kind}}}")
+    return " AND ".join(parts) or "1", out
+
+
 class RunQueries:
     """Read-side queries over the runwire schema.
 
@@ -121,9 +164,10 @@ class RunQueries:
     def _summary_sql(where: str, last_only: bool = False) -> str:
         """SQL of (project, run_id, name, last[, step, min, max]) per run and metric, from
         metrics_summary (merging the rows of not yet merged parts)."""
-        extra = "" if last_only else ", max(last_step) AS step, min(min_value) AS min, max(max_value) AS max"
+        extra = "" if last_only else ", max(last_point).1 AS step, min(min_value) AS min, max(max_value) AS max"
+        # last_point is (step, ts, -rank, value): its max is the last point (module docstring: "last").
         return (f"SELECT toString(project) AS project, run_id, toString(name) AS name, "
-                f"argMaxMerge(last_value) AS last{extra} FROM metrics_summary WHERE {where} "
+                f"max(last_point).4 AS last{extra} FROM metrics_summary WHERE {where} "
                 "GROUP BY project, run_id, name")
 
     def _resolve(self, run_ids: Sequence[str], project: str | None) -> dict[str, str]:
@@ -136,12 +180,11 @@ class RunQueries:
         known = {r: self._project_of[(project, r)] for r in run_ids if (project, r) in self._project_of}
         missing = [r for r in run_ids if r not in known]
         if missing:
-            where = "run_id IN {ids:Array(String)}" + (" AND project = {p:String}" if project is not None else "")
+            cond, params = where_clause(run_ids=missing, project=project)
             rows = self._query(
                 f"SELECT run_id, arraySort(groupUniqArray(toString(project))) AS projects FROM ("
-                f" SELECT project, run_id FROM runs WHERE {where}"
-                f" UNION ALL SELECT project, run_id FROM run_ranks WHERE {where}) GROUP BY run_id",
-                {"ids": missing, "p": project})
+                f" SELECT project, run_id FROM runs WHERE {cond}"
+                f" UNION ALL SELECT project, run_id FROM run_ranks WHERE {cond}) GROUP BY run_id", params)
             found = {row["run_id"]: row["projects"] for row in rows}
             absent = [r for r in missing if r not in found]
             if absent:
@@ -157,21 +200,14 @@ class RunQueries:
                           last_only: bool = False) -> dict[tuple[str, str], dict[str, dict]]:
         """{(project, run_id): {metric: {"last", "step", "min", "max"}}}.
 
-        From metrics_summary. min and max are exact under replays; "last" is the value at the
-        highest step (any rank; the lowest rank on a tie, then the latest time); "step" is that
-        step.
+        From metrics_summary, exact under replays. "last" is the value at the highest step
+        (any rank; on a tie the latest timestamp, then the lowest rank); "step" is that step.
         """
         pairs = list(pairs)
         if not pairs:
             return {}
-        params = {"ps": sorted({p for p, _ in pairs}), "rs": sorted({r for _, r in pairs})}
-        name_filter = ""
-        if names is not None:
-            params["ns"] = list(names)
-            name_filter = " AND name IN {ns:Array(String)}"
-        sql = self._summary_sql("project IN {ps:Array(String)} AND run_id IN {rs:Array(String)}" + name_filter,
-                                last_only)
-        rows = self._query(sql + " ORDER BY project, run_id, name", params)
+        cond, params = where_clause(projects=[p for p, _ in pairs], run_ids=[r for _, r in pairs], names=names)
+        rows = self._query(self._summary_sql(cond, last_only) + " ORDER BY project, run_id, name", params)
         wanted = set(pairs)
         out: dict[tuple[str, str], dict[str, dict]] = {}
         for row in rows:
@@ -186,11 +222,7 @@ class RunQueries:
         """Newest runs first: run_id, project, name, status, start_time, end_time, world_size,
         hosts (sorted) and ranks (how many ranks reported). project / status: exact filters."""
         limit = _positive_int(limit, "limit")
-        params: dict[str, Any] = {"limit": limit}
-        where = ""
-        if project is not None:
-            where = " WHERE project = {p:String}"
-            params["p"] = project
+        cond, params = where_clause({"limit": limit}, project=project)
         status_filter = ""
         if status is not None:
             # On the outer query: a WHERE on a non-key column must not run before FINAL merges.
@@ -200,9 +232,9 @@ class RunQueries:
             "SELECT r.run_id AS run_id, toString(r.project) AS project, r.name AS name, toString(r.status) AS status, "
             "r.start_time AS start_time, r.end_time AS end_time, r.world_size AS world_size, "
             "k.hosts AS hosts, k.ranks AS ranks "
-            f"FROM (SELECT project, run_id, name, status, start_time, end_time, world_size FROM runs FINAL{where}) AS r "
+            f"FROM (SELECT project, run_id, name, status, start_time, end_time, world_size FROM runs FINAL WHERE {cond}) AS r "
             "LEFT JOIN (SELECT project, run_id, arraySort(groupUniqArray(toString(host))) AS hosts, count() AS ranks "
-            f"  FROM run_ranks FINAL{where} GROUP BY project, run_id) AS k "
+            f"  FROM run_ranks FINAL WHERE {cond} GROUP BY project, run_id) AS k "
             "ON k.project = r.project AND k.run_id = r.run_id"
             f"{status_filter} ORDER BY r.start_time DESC, r.run_id LIMIT {{limit:UInt64}}", params)
         for row in rows:
@@ -215,19 +247,16 @@ class RunQueries:
         status, pid, start_time, end_time, exit_code}], hosts, and metrics {name: {last, step,
         min, max}}. Raises RunNotFound."""
         project = self._resolve([run_id], project)[run_id]
-        params = {"p": project, "r": run_id}
+        cond, params = where_clause(project=project, run_id=run_id)
         runs = self._query(
             "SELECT name, toString(status) AS status, start_time, end_time, exit_code, git_commit, "
-            "toString(launcher) AS launcher, world_size, summary "
-            "FROM runs FINAL WHERE project = {p:String} AND run_id = {r:String}", params)
+            f"toString(launcher) AS launcher, world_size, summary FROM runs FINAL WHERE {cond}", params)
         ranks = self._query(
             "SELECT rank, local_rank, node_rank, toString(host) AS host, toString(status) AS status, pid, "
-            "start_time, end_time, exit_code FROM run_ranks FINAL "
-            "WHERE project = {p:String} AND run_id = {r:String} ORDER BY rank", params)
+            f"start_time, end_time, exit_code, summary FROM run_ranks FINAL WHERE {cond} ORDER BY rank", params)
         kv = self._query(
-            "SELECT 'params' AS kind, key, value FROM params FINAL WHERE project = {p:String} AND run_id = {r:String} "
-            "UNION ALL SELECT 'tags' AS kind, key, value FROM tags FINAL "
-            "WHERE project = {p:String} AND run_id = {r:String}", params)
+            f"SELECT 'params' AS kind, key, value FROM params FINAL WHERE {cond} "
+            f"UNION ALL SELECT 'tags' AS kind, key, value FROM tags FINAL WHERE {cond}", params)
         run = runs[0] if runs else {
             # Rank 0's start has not arrived yet: what the other ranks said.
             "name": "", "status": ranks[0]["status"] if ranks else "", "start_time": min(r["start_time"] for r in ranks)
@@ -235,6 +264,7 @@ class RunQueries:
             "world_size": max((r["rank"] for r in ranks), default=-1) + 1, "summary": {}}
         for row in ranks:
             row["start_time"], row["end_time"] = _utc(row["start_time"]), _utc(row["end_time"])
+            row["summary"] = dict(row["summary"])
         return {
             "run_id": run_id, "project": project, **run,
             "start_time": _utc(run["start_time"]), "end_time": _utc(run["end_time"]),
@@ -249,9 +279,8 @@ class RunQueries:
     def metric_names(self, run_id: str, project: str | None = None) -> list[str]:
         """Names of the metrics a run logged, sorted."""
         project = self._resolve([run_id], project)[run_id]
-        rows = self._query("SELECT DISTINCT toString(name) AS name FROM metrics_1m "
-                           "WHERE project = {p:String} AND run_id = {r:String} ORDER BY name",
-                           {"p": project, "r": run_id})
+        cond, params = where_clause(project=project, run_id=run_id)
+        rows = self._query(f"SELECT DISTINCT toString(name) AS name FROM metrics_1m WHERE {cond} ORDER BY name", params)
         return [row["name"] for row in rows]
 
     # --- curves ------------------------------------------------------------------------------
@@ -262,8 +291,8 @@ class RunQueries:
         each bucket's min, max and last so that a single spike stays visible. Deterministic.
 
         x: "step" (equal-width step buckets) or "time" (equal-width time buckets; buckets of a
-        minute or more read the per-minute rollup, whose count includes replayed batches not
-        yet merged). ranks: an int or ints to keep (default all).
+        minute or more read the per-minute rollup, whose count includes a replayed batch that
+        reached ClickHouse in a differently composed insert). ranks: an int or ints to keep (default all).
 
         Per rank (default): rows {bucket_start, rank, min, max, last, count} ordered by rank,
         bucket_start. across_ranks=True: one series, rows {bucket_start, rank: None, min (of the
@@ -277,45 +306,38 @@ class RunQueries:
         buckets = _positive_int(buckets, "buckets")
         ranks = _ranks_list(ranks)
         project = self._resolve([run_id], project)[run_id]
-        params: dict[str, Any] = {"p": project, "r": run_id, "m": metric, "n": buckets}
-        where = "project = {p:String} AND run_id = {r:String} AND name = {m:String}"
-        if ranks is not None:
-            params["ks"] = ranks
-            where += " AND rank IN {ks:Array(UInt32)}"
+        cond, params = where_clause({"n": buckets}, project=project, run_id=run_id, name=metric, ranks=ranks)
         if x == "time":
             found = self._query("SELECT count() AS n, min(minute) AS lo, max(minute) AS hi FROM metrics_1m "
-                                f"WHERE {where}", params)[0]
+                                f"WHERE {cond}", params)[0]
             if not found["n"]:
                 return []
             lo = int(_utc(found["lo"]).timestamp())
             hi = int(_utc(found["hi"]).timestamp()) + 60
             if (hi - lo) / buckets >= 60:
-                return self._time_curve_rollup(where, params, lo, hi, buckets, across_ranks)
+                return self._time_curve_rollup(cond, params, lo, hi, buckets, across_ranks)
         # Equal-width buckets over [lo, hi]: width = (hi - lo) // n + 1 makes at most n of them.
-        key, last_order = (("step", "(step, ts, value)") if x == "step" else
-                           ("toUnixTimestamp64Milli(ts)", "(ts, step, value)"))
-        bound = (f"(SELECT (min({key}), max({key})) FROM metrics WHERE {where}) AS bounds, bounds.1 AS lo, "
+        key = "step" if x == "step" else "toUnixTimestamp64Milli(ts)"
+        bound = (f"(SELECT (min({key}), max({key})) FROM metrics WHERE {cond}) AS bounds, bounds.1 AS lo, "
                  "greatest(1, intDiv(bounds.2 - bounds.1, {n:UInt32}) + 1) AS w")
-        # value in last_order breaks a tie of two different points at one (step, ts) before a
-        # merge keeps one of them; across ranks the highest r_key wins, then the lowest rank.
+        # The bucket's last point is its highest (step, ts) in either x (module docstring: "last"); value
+        # breaks a tie of two different points at one (step, ts) before a merge keeps one.
         per_rank = (f"SELECT rank, lo + intDiv({key} - lo, w) * w AS bucket_start, min(value) AS r_min, "
-                    f"max(value) AS r_max, argMax(value, {last_order}) AS r_last, max({key}) AS r_key, "
-                    "uniqExact(step, ts) AS r_count "
-                    f"FROM metrics WHERE {where} GROUP BY rank, bucket_start")
+                    "max(value) AS r_max, max((step, ts, value)) AS r_point, uniqExact(step, ts) AS r_count "
+                    f"FROM metrics WHERE {cond} GROUP BY rank, bucket_start")
         sql = f"WITH {bound} " + _combine_ranks(per_rank, across_ranks)
         rows = self._query(sql, params)
         return [self._curve_row(row, x, across_ranks) for row in rows]
 
-    def _time_curve_rollup(self, where: str, params: dict, lo: int, hi: int, buckets: int,
+    def _time_curve_rollup(self, cond: str, params: dict, lo: int, hi: int, buckets: int,
                            across_ranks: bool) -> list[dict]:
         width = -(-(hi - lo) // buckets)        # seconds, rounded up to whole minutes so that
         width = -(-width // 60) * 60            # no rollup minute straddles two buckets
         params = dict(params, lo=lo, w=width)
         per_rank = ("SELECT rank, {lo:UInt32} + intDiv(toUInt32(minute) - {lo:UInt32}, {w:UInt32}) * {w:UInt32} "
                     "AS bucket_start, min(min_value) AS r_min, max(max_value) AS r_max, "
-                    "argMax(finalizeAggregation(last_value), (minute, max_step)) AS r_last, "
-                    "max((minute, max_step)) AS r_key, sum(count) AS r_count "
-                    f"FROM metrics_1m WHERE {where} GROUP BY rank, bucket_start")
+                    "max(last_point) AS r_point, sum(count) AS r_count "
+                    f"FROM metrics_1m WHERE {cond} GROUP BY rank, bucket_start")
         out = []
         for row in self._query(_combine_ranks(per_rank, across_ranks), params):
             row["bucket_start"] = row["bucket_start"] * 1000
@@ -338,12 +360,8 @@ class RunQueries:
         value} ordered by rank, step. Full resolution: for long runs prefer ``curve``."""
         ranks = _ranks_list(ranks)
         project = self._resolve([run_id], project)[run_id]
-        params: dict[str, Any] = {"p": project, "r": run_id, "m": metric}
-        where = "project = {p:String} AND run_id = {r:String} AND name = {m:String}"
-        if ranks is not None:
-            params["ks"] = ranks
-            where += " AND rank IN {ks:Array(UInt32)}"
-        result = self.client.query(f"SELECT rank, step, ts, value FROM metrics WHERE {where} "
+        cond, params = where_clause(project=project, run_id=run_id, name=metric, ranks=ranks)
+        result = self.client.query(f"SELECT rank, step, ts, value FROM metrics WHERE {cond} "
                                    "ORDER BY rank, step, ts LIMIT 1 BY rank, step, ts", parameters=params)
         return [{"rank": k, "step": s, "ts": _utc(t), "value": v} for k, s, t, v in result.result_rows]
 
@@ -360,13 +378,11 @@ class RunQueries:
         projects = self._resolve(run_ids, project)
         run_ids = list(projects)
         pairs = [(projects[r], r) for r in run_ids]
-        params = {"ps": sorted(set(projects.values())), "rs": run_ids}
-        rows = self._query(
-            "SELECT toString(project) AS project, run_id, key, value FROM params FINAL "
-            "WHERE project IN {ps:Array(String)} AND run_id IN {rs:Array(String)}", params)
-        runs = self._query(
-            "SELECT toString(project) AS project, run_id, name, toString(status) AS status FROM runs FINAL "
-            "WHERE project IN {ps:Array(String)} AND run_id IN {rs:Array(String)}", params)
+        cond, params = where_clause(projects=projects.values(), run_ids=run_ids)
+        rows = self._query(f"SELECT toString(project) AS project, run_id, key, value FROM params FINAL WHERE {cond}",
+                           params)
+        runs = self._query("SELECT toString(project) AS project, run_id, name, toString(status) AS status "
+                           f"FROM runs FINAL WHERE {cond}", params)
         wanted = set(pairs)
         all_params: dict[str, dict[str, str | None]] = {}
         for row in rows:
@@ -406,28 +422,23 @@ class RunQueries:
         order = _filters.parse_order_by(order_by)
         used = _filters.referenced_keys(node, order)
         params: dict[str, Any] = {"limit": max_results}
-        where, params = _filters.compile_filter(node, params=params)
+        matched, params = _filters.compile_filter(node, params=params)
         order_terms, params = _filters.compile_order_by(order, params=params)
-        project_filter = ""
-        if project is not None:
-            params["project"] = project
-            project_filter = " WHERE project = {project:String}"
+        in_project, params = where_clause(params, project=project)
         joins, maps = [], {"params": "CAST(map(), 'Map(String, String)')",
                            "tags": "CAST(map(), 'Map(String, String)')",
                            "metrics": "CAST(map(), 'Map(String, Float64)')"}
         for table in ("params", "tags"):
             if used[table]:
-                params[f"{table}_keys"] = sorted(used[table])
-                key_filter = f"key IN {{{table}_keys:Array(String)}}"
+                cond, params = where_clause(params, prefix=f"{table}_", keys=used[table], project=project)
                 joins.append(
                     f"LEFT JOIN (SELECT project, run_id, mapFromArrays(groupArray(key), groupArray(value)) AS kv "
-                    f"FROM {table} FINAL WHERE {key_filter}{project_filter.replace(' WHERE', ' AND')} "
+                    f"FROM {table} FINAL WHERE {cond} "
                     f"GROUP BY project, run_id) AS {table}_ ON {table}_.project = r.project AND {table}_.run_id = r.run_id")
                 maps[table] = f"{table}_.kv"
         if used["metrics"]:
-            params["metric_names"] = sorted(used["metrics"])
-            inner = self._summary_sql(
-                "name IN {metric_names:Array(String)}" + project_filter.replace(" WHERE", " AND"), last_only=True)
+            cond, params = where_clause(params, names=used["metrics"], project=project)
+            inner = self._summary_sql(cond, last_only=True)
             joins.append(
                 "LEFT JOIN (SELECT project, run_id, mapFromArrays(groupArray(name), groupArray(last)) AS kv "
                 f"FROM ({inner}) GROUP BY project, run_id) AS metrics_ "
@@ -438,9 +449,9 @@ class RunQueries:
             " SELECT toString(r.project) AS project, r.run_id AS run_id, r.name AS name, toString(r.status) AS status,"
             " r.start_time AS start_time, r.end_time AS end_time, "
             f"{maps['params']} AS params, {maps['tags']} AS tags, {maps['metrics']} AS metrics"
-            f" FROM (SELECT project, run_id, name, status, start_time, end_time FROM runs FINAL{project_filter}) AS r "
+            f" FROM (SELECT project, run_id, name, status, start_time, end_time FROM runs FINAL WHERE {in_project}) AS r "
             + " ".join(joins) +
-            f") WHERE {where} ORDER BY {', '.join(order_terms + ['start_time DESC', 'run_id ASC'])} "
+            f") WHERE {matched} ORDER BY {', '.join(order_terms + ['start_time DESC', 'run_id ASC'])} "
             "LIMIT {limit:UInt64}")
         runs = self._query(sql, params)
         rows = self._search_rows(runs)
@@ -457,8 +468,7 @@ class RunQueries:
         if not runs:
             return []
         pairs = [(r["project"], r["run_id"]) for r in runs]
-        params = {"ps": sorted({p for p, _ in pairs}), "rs": sorted({r for _, r in pairs})}
-        scope = "project IN {ps:Array(String)} AND run_id IN {rs:Array(String)}"
+        scope, params = where_clause(projects=[p for p, _ in pairs], run_ids=[r for _, r in pairs])
         metrics_sql = self._summary_sql(scope, last_only=True)
         # One round trip: params and tags carry `text`, metrics `number`.
         rows = self._query(
@@ -499,31 +509,26 @@ class RunQueries:
         history): rows {bucket_start, max_temperature_c, max_memory_used_bytes,
         memory_total_bytes, mean_gpu_utilization_pct, max_power_w, throttle_reasons (OR of the
         bits), samples}. Buckets of a minute or more read the per-minute rollup (its mean
-        weights a replayed, not yet merged batch twice); shorter ones read the samples."""
+        weights a batch replayed in a differently composed insert twice); shorter ones read the samples."""
         buckets = _positive_int(buckets, "buckets")
-        params: dict[str, Any] = {"u": gpu_uuid}
-        where = "gpu_uuid = {u:String}"
-        if project is not None:
-            params["p"] = project
-            where += " AND project = {p:String}"
+        cond, params = where_clause(gpu_uuid=gpu_uuid, project=project)
         if since is not None:
             params["since_s"] = _epoch_ms(since) // 60_000 * 60
-            where += " AND minute >= toDateTime({since_s:UInt32}, 'UTC')"
+            cond += " AND minute >= toDateTime({since_s:UInt32}, 'UTC')"
         if until is not None:
             params["until_s"] = _epoch_ms(until) // 1000
-            where += " AND minute <= toDateTime({until_s:UInt32}, 'UTC')"
+            cond += " AND minute <= toDateTime({until_s:UInt32}, 'UTC')"
         located = self._query(
             "SELECT toString(project) AS project, toString(host) AS host, min(minute) AS lo, max(minute) AS hi "
-            f"FROM gpu_samples_1m WHERE {where} GROUP BY project, host", params)
+            f"FROM gpu_samples_1m WHERE {cond} GROUP BY project, host", params)
         if not located:
             raise NotFound(f"no samples of GPU {gpu_uuid!r}" + (" in that time range" if since or until else ""))
         lo_ms = _epoch_ms(since) if since is not None else min(int(_utc(r["lo"]).timestamp()) for r in located) * 1000
         hi_ms = _epoch_ms(until) if until is not None else (max(int(_utc(r["hi"]).timestamp()) for r in located) + 60) * 1000
         if hi_ms <= lo_ms:
             return []
-        scope = {"u": gpu_uuid, "ps": sorted({r["project"] for r in located}), "hs": sorted({r["host"] for r in located}),
-                 "n": buckets}
-        key = "project IN {ps:Array(String)} AND host IN {hs:Array(String)} AND gpu_uuid = {u:String}"
+        key, scope = where_clause({"n": buckets}, projects=[r["project"] for r in located],
+                           hosts=[r["host"] for r in located], gpu_uuid=gpu_uuid)
         if (hi_ms - lo_ms) / buckets >= 60_000:
             lo, hi = lo_ms // 60_000 * 60, -(-hi_ms // 1000)
             width = math.ceil(math.ceil((hi - lo) / buckets) / 60) * 60  # whole minutes
@@ -563,11 +568,11 @@ class RunQueries:
         gpu_name, max_temperature_c, last_seen, last_run_id, last_rank}. Reads the per-minute
         rollup (the window starts at the minute that holds ``until - window_s``)."""
         limit = _positive_int(limit, "limit")
-        lo, hi, where, params = self._rollup_window(window_s, until, project)
+        lo, hi, cond, params = self._rollup_window(window_s, until, project)
         params["limit"] = limit
         hottest = self._query(
             "SELECT toString(project) AS project, toString(host) AS host, toString(gpu_uuid) AS gpu_uuid, "
-            f"max(max_temperature_c) AS max_temperature_c FROM gpu_samples_1m WHERE {where} "
+            f"max(max_temperature_c) AS max_temperature_c FROM gpu_samples_1m WHERE {cond} "
             "GROUP BY project, host, gpu_uuid ORDER BY max_temperature_c DESC, host, gpu_uuid LIMIT {limit:UInt64}",
             params, _IN_ORDER)
         return self._with_last_run(hottest, lo, hi)
@@ -576,12 +581,9 @@ class RunQueries:
         """(lo_ms, hi_ms, WHERE, params) selecting the per-minute GPU rollup rows of a window
         (from the minute that holds its start)."""
         lo, hi = self._window(window_s, until)
-        params: dict[str, Any] = {"lo": lo // 60_000 * 60, "hi": hi // 1000}
-        where = "minute >= toDateTime({lo:UInt32}, 'UTC') AND minute <= toDateTime({hi:UInt32}, 'UTC')"
-        if project is not None:
-            params["p"] = project
-            where = "project = {p:String} AND " + where
-        return lo, hi, where, params
+        cond, params = where_clause({"lo": lo // 60_000 * 60, "hi": hi // 1000}, project=project)
+        cond += " AND minute >= toDateTime({lo:UInt32}, 'UTC') AND minute <= toDateTime({hi:UInt32}, 'UTC')"
+        return lo, hi, cond, params
 
     def _with_last_run(self, rows: list[dict], lo_ms: int, hi_ms: int) -> list[dict]:
         """Adds the run, rank, index and name a GPU last reported in the window. (A GPU's samples
@@ -589,15 +591,14 @@ class RunQueries:
         the same microsecond, so the scalar argMax key is enough and twice as fast as a tuple.)"""
         if not rows:
             return rows
+        cond, params = where_clause({"lo": lo_ms, "hi": hi_ms}, projects=[r["project"] for r in rows],
+                             hosts=[r["host"] for r in rows], gpu_uuids=[r["gpu_uuid"] for r in rows])
         last = self._query(
             "SELECT toString(gpu_uuid) AS gpu_uuid, argMax(run_id, ts) AS last_run_id, "
             "argMax(rank, ts) AS last_rank, min(gpu_index) AS gpu_index, "
-            "toString(any(gpu_name)) AS gpu_name, max(ts) AS last_seen FROM gpu_samples "
-            "WHERE project IN {ps:Array(String)} AND host IN {hs:Array(String)} AND gpu_uuid IN {us:Array(String)} "
+            f"toString(any(gpu_name)) AS gpu_name, max(ts) AS last_seen FROM gpu_samples WHERE {cond} "
             "AND ts >= fromUnixTimestamp64Milli({lo:Int64}, 'UTC') - INTERVAL 1 MINUTE "
-            "AND ts <= fromUnixTimestamp64Milli({hi:Int64}, 'UTC') GROUP BY gpu_uuid",
-            {"ps": sorted({r["project"] for r in rows}), "hs": sorted({r["host"] for r in rows}),
-             "us": sorted({r["gpu_uuid"] for r in rows}), "lo": lo_ms, "hi": hi_ms})
+            "AND ts <= fromUnixTimestamp64Milli({hi:Int64}, 'UTC') GROUP BY gpu_uuid", params)
         by_uuid = {r.pop("gpu_uuid"): r for r in last}
         out = []
         for row in rows:
@@ -614,14 +615,14 @@ class RunQueries:
         rows {project, host, gpu_uuid, max_memory_used_bytes, memory_total_bytes, used_fraction,
         headroom_bytes, gpu_index, gpu_name, last_seen, last_run_id, last_rank}."""
         limit = _positive_int(limit, "limit")
-        lo, hi, where, params = self._rollup_window(window_s, until, project)
+        lo, hi, cond, params = self._rollup_window(window_s, until, project)
         params["limit"] = limit
         rows = self._query(
             "SELECT toString(project) AS project, toString(host) AS host, toString(gpu_uuid) AS gpu_uuid, "
             "max(max_memory_used_bytes) AS max_memory_used_bytes, max(memory_total_bytes) AS memory_total_bytes, "
             "max_memory_used_bytes / nullIf(memory_total_bytes, 0) AS used_fraction, "
             "memory_total_bytes - max_memory_used_bytes AS headroom_bytes "
-            f"FROM gpu_samples_1m WHERE {where} GROUP BY project, host, gpu_uuid "
+            f"FROM gpu_samples_1m WHERE {cond} GROUP BY project, host, gpu_uuid "
             "ORDER BY used_fraction DESC NULLS LAST, host, gpu_uuid LIMIT {limit:UInt64}", params, _IN_ORDER)
         return self._with_last_run(rows, lo, hi)
 
@@ -634,16 +635,15 @@ class RunQueries:
             raise QueryError(f"unknown GPU field {field!r}: expected one of {', '.join(GPU_FIELDS)}")
         buckets = _positive_int(buckets, "buckets")
         project = self._resolve([run_id], project)[run_id]
-        where = "project = {p:String} AND run_id = {r:String}"
+        cond, params = where_clause({"n": buckets}, project=project, run_id=run_id)
         # `field` is one of GPU_FIELDS (checked above): safe to name in the SQL.
         rows = self._query(
             f"WITH (SELECT (min(toUnixTimestamp64Milli(ts)), max(toUnixTimestamp64Milli(ts))) FROM gpu_samples "
-            f"WHERE {where}) AS bounds, bounds.1 AS lo, greatest(1, intDiv(bounds.2 - bounds.1, {{n:UInt32}}) + 1) AS w "
+            f"WHERE {cond}) AS bounds, bounds.1 AS lo, greatest(1, intDiv(bounds.2 - bounds.1, {{n:UInt32}}) + 1) AS w "
             "SELECT toString(host) AS host, toString(gpu_uuid) AS gpu_uuid, min(gpu_index) AS gpu_index, "
             "lo + intDiv(toUnixTimestamp64Milli(ts) - lo, w) * w AS b, "
             f"min({field}) AS min, max({field}) AS max, argMax({field}, ts) AS last "
-            f"FROM gpu_samples WHERE {where} GROUP BY host, gpu_uuid, b ORDER BY host, gpu_uuid, b",
-            {"p": project, "r": run_id, "n": buckets})
+            f"FROM gpu_samples WHERE {cond} GROUP BY host, gpu_uuid, b ORDER BY host, gpu_uuid, b", params)
         for row in rows:
             row["bucket_start"] = _from_ms(int(row.pop("b")))
         return [{k: r[k] for k in ("host", "gpu_uuid", "gpu_index", "bucket_start", "min", "max", "last")}
@@ -657,14 +657,13 @@ class RunQueries:
         ratio (median / run_median), straggler (ratio >= min_ratio), points}. Medians are exact
         and read FINAL, so replays do not move them; NaN and Inf points are left out."""
         project = self._resolve([run_id], project)[run_id]
-        params = {"p": project, "r": run_id, "m": metric}
+        cond, params = where_clause(project=project, run_id=run_id, name=metric)
         rows = self._query(
             "SELECT rank, grouping(rank) AS total, quantileExact(0.5)(value) AS median, count() AS points "
-            "FROM metrics FINAL WHERE project = {p:String} AND run_id = {r:String} AND name = {m:String} "
-            "AND isFinite(value) GROUP BY GROUPING SETS ((rank), ())", params)
+            f"FROM metrics FINAL WHERE {cond} AND isFinite(value) GROUP BY GROUPING SETS ((rank), ())", params)
+        cond, params = where_clause(project=project, run_id=run_id)
         hosts = {row["rank"]: row["host"] for row in self._query(
-            "SELECT rank, toString(host) AS host FROM run_ranks FINAL WHERE project = {p:String} AND run_id = {r:String}",
-            params)}
+            f"SELECT rank, toString(host) AS host FROM run_ranks FINAL WHERE {cond}", params)}
         totals = [r for r in rows if r["total"]]
         if not totals or not totals[0]["points"]:
             return []
@@ -708,12 +707,14 @@ class RunQueries:
 
 
 def _combine_ranks(per_rank: str, across_ranks: bool) -> str:
-    """The outer query over per-(rank, bucket) rows r_min, r_max, r_last, r_key, r_count."""
+    """The outer query over per-(rank, bucket) rows r_min, r_max, r_point (the rank's last point
+    in the bucket, (step, ts, value)) and r_count. Across ranks the last point is the highest
+    (step, ts, -rank) (module docstring: "last")."""
     if across_ranks:
-        return ("SELECT bucket_start, min(r_min) AS min, max(r_max) AS max, avg(r_last) AS mean, "
-                "argMax(r_last, (r_key, -toInt64(rank))) AS last, sum(r_count) AS count, count() AS ranks "
-                f"FROM ({per_rank}) GROUP BY bucket_start ORDER BY bucket_start")
-    return (f"SELECT bucket_start, rank, r_min AS min, r_max AS max, r_last AS last, r_count AS count "
+        return ("SELECT bucket_start, min(r_min) AS min, max(r_max) AS max, avg(r_point.3) AS mean, "
+                "max((r_point.1, r_point.2, -toInt64(rank), r_point.3)).4 AS last, sum(r_count) AS count, "
+                f"count() AS ranks FROM ({per_rank}) GROUP BY bucket_start ORDER BY bucket_start")
+    return (f"SELECT bucket_start, rank, r_min AS min, r_max AS max, r_point.3 AS last, r_count AS count "
             f"FROM ({per_rank}) ORDER BY rank, bucket_start")
 
 

@@ -22,6 +22,12 @@ def is_permanent(exc: Exception) -> bool:
     return any(f"Code: {code}." in text for code in _PERMANENT_CODES)
 
 
+# An insert identical to one already stored (a retry whose first attempt reached ClickHouse)
+# is dropped by the tables' insert deduplication (migration 0004); this makes the rollups'
+# materialized views drop it as well instead of counting it again.
+_DEDUPLICATE_VIEWS = {"deduplicate_blocks_in_dependent_materialized_views": 1}
+
+
 class StorageWriter:
     """Inserts batches of decoded records (kind, record) with one insert per table."""
 
@@ -38,9 +44,10 @@ class StorageWriter:
             # Replays collapse in background merges; deduplicating each insert as well costs
             # ~20% of insert CPU for nothing.
             written["metrics"] = self._insert_arrow("metrics", rows.metric_table(by_kind[METRICS]),
-                                                    settings={"optimize_on_insert": 0})
+                                                    settings={"optimize_on_insert": 0, **_DEDUPLICATE_VIEWS})
         if by_kind[GPU]:
-            written["gpu_samples"] = self._insert_arrow("gpu_samples", rows.gpu_table(by_kind[GPU]))
+            written["gpu_samples"] = self._insert_arrow("gpu_samples", rows.gpu_table(by_kind[GPU]),
+                                                        settings=_DEDUPLICATE_VIEWS)
         if by_kind[RUNS]:
             written.update(self._write_run_events(by_kind[RUNS]))
         return written

@@ -249,3 +249,75 @@ SELECT project, run_id, name, min(min_value), max(max_value), max(max_step),
        argMaxState(finalizeAggregation(last_value), (max_step, -toInt64(rank), minute))
 FROM runwire.metrics_1m
 GROUP BY project, run_id, name;
+
+-- from 0004_last_by_step.sql
+ALTER TABLE runwire.metrics_1m_local ON CLUSTER runwire ADD COLUMN IF NOT EXISTS
+    last_point SimpleAggregateFunction(max, Tuple(Int64, DateTime64(3, 'UTC'), Float64)) AFTER count;
+
+ALTER TABLE runwire.metrics_1m ON CLUSTER runwire ADD COLUMN IF NOT EXISTS
+    last_point SimpleAggregateFunction(max, Tuple(Int64, DateTime64(3, 'UTC'), Float64)) AFTER count;
+
+DROP VIEW IF EXISTS runwire.metrics_summary_mv ON CLUSTER runwire SYNC;
+
+DROP VIEW IF EXISTS runwire.metrics_1m_mv ON CLUSTER runwire SYNC;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS runwire.metrics_1m_mv ON CLUSTER runwire TO runwire.metrics_1m_local AS
+SELECT
+    project, run_id, name, rank,
+    toStartOfMinute(ts) AS minute,
+    min(value) AS min_value,
+    max(value) AS max_value,
+    sum(value) AS sum_value,
+    count() AS count,
+    max((step, ts, value)) AS last_point,
+    max(step) AS max_step
+FROM runwire.metrics_local
+GROUP BY project, run_id, name, rank, minute;
+
+INSERT INTO runwire.metrics_1m (project, run_id, name, rank, minute, min_value, max_value, sum_value, count, last_point, max_step)
+SELECT project, run_id, name, rank, minute, min(min_value), max(max_value), 0, 0,
+       (max(max_step), toDateTime64(minute, 3, 'UTC') - toIntervalMillisecond(1), argMaxMerge(last_value)),
+       max(max_step)
+FROM runwire.metrics_1m
+GROUP BY project, run_id, name, rank, minute;
+
+INSERT INTO runwire.metrics_1m (project, run_id, name, rank, minute, min_value, max_value, sum_value, count, last_point, max_step)
+SELECT project, run_id, name, rank, toStartOfMinute(ts) AS minute, min(value), max(value), 0, 0,
+       max((step, ts, value)), max(step)
+FROM runwire.metrics
+GROUP BY project, run_id, name, rank, minute;
+
+ALTER TABLE runwire.metrics_1m_local ON CLUSTER runwire DROP COLUMN IF EXISTS last_value;
+
+ALTER TABLE runwire.metrics_1m ON CLUSTER runwire DROP COLUMN IF EXISTS last_value;
+
+DROP TABLE IF EXISTS runwire.metrics_summary ON CLUSTER runwire SYNC;
+
+DROP TABLE IF EXISTS runwire.metrics_summary_local ON CLUSTER runwire SYNC;
+
+CREATE TABLE IF NOT EXISTS runwire.metrics_summary_local ON CLUSTER runwire
+(
+    project     LowCardinality(String),
+    run_id      String,
+    name        LowCardinality(String),
+    min_value   SimpleAggregateFunction(min, Float64),
+    max_value   SimpleAggregateFunction(max, Float64),
+    last_point  SimpleAggregateFunction(max, Tuple(Int64, DateTime64(3, 'UTC'), Int64, Float64))
+)
+ENGINE = ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/runwire/metrics_summary', '{replica}')
+ORDER BY (project, run_id, name);
+
+CREATE TABLE IF NOT EXISTS runwire.metrics_summary ON CLUSTER runwire AS runwire.metrics_summary_local
+ENGINE = Distributed(runwire, runwire, metrics_summary_local, cityHash64(project, run_id));
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS runwire.metrics_summary_mv ON CLUSTER runwire TO runwire.metrics_summary_local AS
+SELECT project, run_id, name, min(min_value) AS min_value, max(max_value) AS max_value,
+       max((last_point.1, last_point.2, -toInt64(rank), last_point.3)) AS last_point
+FROM runwire.metrics_1m_local
+GROUP BY project, run_id, name;
+
+INSERT INTO runwire.metrics_summary
+SELECT project, run_id, name, min(min_value), max(max_value),
+       max((last_point.1, last_point.2, -toInt64(rank), last_point.3))
+FROM runwire.metrics_1m
+GROUP BY project, run_id, name;

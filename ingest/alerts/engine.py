@@ -40,6 +40,8 @@ log = logging.getLogger("runwire.alerts")
 
 _NS = 1_000_000_000
 _MAX_PENDING_ROWS = 100_000
+_MAX_ENDED_RUNS = 100_000
+_WHOLE_RUN = None  # in _ended: every rank of the run ended (rank 0's end is the run's end)
 _STOP = object()
 _NEVER_SET = threading.Event()  # waits on it are short sleeps
 
@@ -116,6 +118,9 @@ class AlertEngine:
         self._started = False
         self._stopped = False
         self._seen_runs: set[tuple[str, str]] = set()
+        # (project, run_id) -> _WHOLE_RUN or the set of ranks that ended: their alerts are over,
+        # and conditions still seen for them (late records, periodic windows) open no new ones.
+        self._ended: dict[tuple[str, str], set[int] | None] = {}
         self._logged: set[str] = set()
         self.owns_client = False  # build_engine sets it when it made the client: stop() closes it
         self.counters = {"observed": 0, "dropped": 0, "evaluation_errors": 0, "events": 0, "rows_written": 0,
@@ -277,13 +282,55 @@ class AlertEngine:
                     self._seen_runs.clear()
                 self._seen_runs.add(run)
             transitions = self.stream.observe(kind, record)
+            if transitions:
+                self._handle(transitions)
+            if kind == "runs":
+                self._run_event(record)
         except Exception:  # a malformed record or a bug: count it, keep evaluating
             self.counters["evaluation_errors"] += 1
             self._log_once("eval", logging.ERROR, "alert evaluation failed on a %s record (repeats counted)",
                            kind, exc_info=True)
+
+    def _run_event(self, record: dict) -> None:
+        """A rank's end ends its alerts; rank 0's end (the run's end) every alert of the run.
+        A start (a resumed run or rank) lets new alerts open again."""
+        body = record.get("body")
+        if not body:
             return
-        if transitions:
-            self._handle(transitions)
+        event, fields = str(body[0]).rsplit(".", 1)[-1], body[1]
+        run, rank = (record["project"], record["run_id"]), int(record["rank"])
+        with self._lock:
+            if event == "RunStart":
+                ended = self._ended.get(run, set())
+                if rank == 0:
+                    self._ended.pop(run, None)
+                elif ended is not _WHOLE_RUN:
+                    ended.discard(rank)
+                return
+            if event != "RunEnd":
+                return
+            end_ns = int(fields.get("end_time_ns") or record.get("received_ns") or self.clock())
+            how = f"ended with exit code {fields.get('exit_code')}"
+            if rank == 0:
+                self._ended.pop(run, None)
+                self._ended[run] = _WHOLE_RUN
+                events = self.lifecycle.close_run(*run, end_ns, f"run {run[1]} {how}")
+            else:
+                ended = self._ended.setdefault(run, set())
+                if ended is not _WHOLE_RUN:
+                    ended.add(rank)
+                events = self.lifecycle.close_run(*run, end_ns, f"rank {rank} {how}", rank=rank)
+            while len(self._ended) > _MAX_ENDED_RUNS:
+                del self._ended[next(iter(self._ended))]
+        self._dispatch(events)
+
+    def _over(self, t: Transition) -> bool:
+        """Whether the transition is about a run, or a rank of it, that already ended."""
+        run = (t.entity.project, t.entity.run_id)
+        if run not in self._ended:
+            return False
+        ended = self._ended[run]
+        return ended is _WHOLE_RUN or t.entity.rank in ended
 
     def _tick(self, now: int, expire: bool) -> None:
         try:
@@ -297,7 +344,7 @@ class AlertEngine:
 
     def _handle(self, transitions: list[Transition]) -> None:
         with self._lock:
-            events = self.lifecycle.apply(transitions)
+            events = self.lifecycle.apply([t for t in transitions if not self._over(t)])
         self._dispatch(events)
 
     def _dispatch(self, events: list[AlertEvent]) -> None:
@@ -411,6 +458,18 @@ class AlertEngine:
             n = self.lifecycle.adopt(alerts, grace)
         if n:
             log.info("alerting: continuing %d open alert(s) from the alerts table", n)
+        try:  # runs that ended while no engine was running: their alerts end now
+            ended = self.store.ended_runs({(a.project, a.run_id) for a in alerts if a.run_id})
+        except Exception as exc:
+            log.warning("could not read which runs ended (their alerts resolve after a grace period): %s", exc)
+            return
+        events = []
+        with self._lock:
+            for (project, run_id), (status, end_ns) in ended.items():
+                self._ended[(project, run_id)] = _WHOLE_RUN
+                events += self.lifecycle.close_run(project, run_id, end_ns or now,
+                                                   f"run {run_id} had ended ({status}) when alerting restarted")
+        self._dispatch(events)
 
     def _owns(self, a: Alert) -> bool:
         """Whether this engine evaluates the alert's entity, so may resolve it when unconfirmed."""

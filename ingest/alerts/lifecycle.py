@@ -12,6 +12,10 @@ A firing alert is re-notified every `renotify_s` (per rule, else the default; 0 
 After a restart the engine `adopt`s the alerts the table still holds open: when the condition
 is seen again the adopted alert continues (same id, no second notification); when the engine
 sees the entity's run again but not the condition within a grace period, it resolves it.
+
+When a run ends (rank 0's end) every open alert of the run ends with it (`close_run`): firing
+ones resolve, pending ones end inactive, with the reason in the message; a rank's end does the
+same for that rank's alerts. Every state and reason: README "Alerting", "Alert states".
 """
 
 from __future__ import annotations
@@ -194,17 +198,19 @@ class Lifecycle:
     def open_alerts(self) -> list[Alert]:
         return [o.alert for o in self._open.values()] + [o.alert for o in self._adopted.values()]
 
-    def close_run(self, project: str, run_id: str, at_ns: int, why: str) -> list[AlertEvent]:
-        """Resolve every open alert of a run (e.g. the run ended while a periodic alert fired)."""
+    def close_run(self, project: str, run_id: str, at_ns: int, why: str, rank: int | None = None) -> list[AlertEvent]:
+        """End every open alert of a run (of one rank of it with `rank`): the run or the rank
+        finished, so nothing will confirm or clear them any more. A firing alert resolves, a
+        pending one ends inactive, both with `why` appended to their message."""
         out: list[AlertEvent] = []
         for table in (self._open, self._adopted):
             for key, o in list(table.items()):
                 a = o.alert
-                if a.project == project and a.run_id == run_id:
+                if a.project == project and a.run_id == run_id and (rank is None or a.rank == rank):
                     del table[key]
                     final = RESOLVED if a.state == FIRING else INACTIVE
-                    self._emit(final, replace(a, state=final, resolved_ns=at_ns, observed_ns=at_ns,
-                                              updated_ns=max(at_ns, a.updated_ns + 1),
+                    self._emit(final, replace(a, state=final, resolved_ns=max(at_ns, a.started_ns),
+                                              observed_ns=at_ns, updated_ns=max(at_ns, a.updated_ns + 1),
                                               message=f"{a.message} -- {final}: {why}"), out)
         return out
 

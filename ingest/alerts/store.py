@@ -78,3 +78,16 @@ class AlertStore:
 
     def load_open(self, limit: int = 100_000) -> list[Alert]:
         return query_alerts(self.client, open_only=True, limit=limit)
+
+    def ended_runs(self, runs) -> dict[tuple[str, str], tuple[str, int]]:
+        """(project, run_id) -> (status, end time in ns, 0 if unknown) of those of `runs`
+        that are no longer RUNNING."""
+        runs = set(runs)
+        if not runs:
+            return {}
+        rows = self.client.query(
+            "SELECT project, run_id, status, toUnixTimestamp64Nano(end_time) FROM runs FINAL "
+            "WHERE run_id IN {ids:Array(String)}", parameters={"ids": sorted({r for _, r in runs})}).result_rows
+        # The status is read after FINAL: a filter on it in WHERE could see a replaced row.
+        return {(p, r): (status, int(end or 0)) for p, r, status, end in rows
+                if (p, r) in runs and status != "RUNNING"}

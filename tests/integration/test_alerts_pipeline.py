@@ -232,6 +232,75 @@ def test_straggler_and_heartbeat_from_clickhouse(db, receiver, engines):
     assert engine.stats()["periodic"]["errors"] == 0
 
 
+def _straggling_run(t: int, run_id: str, slow_rank: int) -> list:
+    records = []
+    for rank in range(4):
+        records.append(run_start_record(t - 300 * S, project="llm", run_id=run_id, rank=rank, world_size=4,
+                                        host=f"node-{rank // 2}"))
+        step_s = 2.0 if rank == slow_rank else 1.0
+        records.append(metric_record([("step_time_s", s, t - (50 - s) * S, step_s) for s in range(50)],
+                                     project="llm", run_id=run_id, rank=rank, world_size=4, host=f"node-{rank // 2}"))
+    return records
+
+
+def test_alerts_of_a_run_end_with_the_run(db, receiver, engines):
+    """The demo's straggler alert stayed firing after its run finished: a run's end resolves its
+    firing alerts and ends its pending ones (inactive), with the reason, and its data still in
+    the window opens no new alert."""
+    now = [time.time_ns()]
+    engine = engines(receiver.url, clock=lambda: now[0], interval_s=3600)  # evaluated on demand only
+    t = now[0]
+    _store(db, _straggling_run(t, "run-f", slow_rank=2))
+    engine.evaluate_periodic()
+    assert engine.flush(20)
+    now[0] += 10 * S  # for_s: run-f's straggler fires; run-p starts straggling now (pending)
+    _store(db, _straggling_run(now[0], "run-p", slow_rank=1))
+    engine.evaluate_periodic()
+    assert engine.flush(20)
+    states = {(a.run_id, a.rank): a.state for a in query_alerts(db, rule="straggler")}
+    assert states == {("run-f", 2): "firing", ("run-p", 1): "pending"}
+
+    end = now[0] + S
+    for run_id in ("run-f", "run-p"):
+        record = run_end_record(end, project="llm", run_id=run_id, rank=0, world_size=4)
+        _store(db, [record])
+        engine.observe(*record)
+    assert engine.flush(20)
+    alerts = {a.run_id: a for a in query_alerts(db, rule="straggler")}
+    assert alerts["run-f"].state == "resolved" and alerts["run-f"].resolved_ns == end // 1000 * 1000
+    assert alerts["run-f"].message.endswith("-- resolved: run run-f ended with exit code 0")
+    assert alerts["run-p"].state == "inactive"
+    assert alerts["run-p"].message.endswith("-- inactive: run run-p ended with exit code 0")
+    assert receiver.wait_for(lambda got: ("resolved", "run-f") in {
+        (p["status"], p["alert"]["run_id"]) for p in got if p["alert"]["rule"] == "straggler"}, timeout=20)
+
+    # The runs' step times are still in the window: no new alert for them.
+    now[0] += 20 * S
+    engine.evaluate_periodic()
+    assert engine.flush(20)
+    assert query_alerts(db, open_only=True) == []
+    assert len(query_alerts(db, rule="straggler")) == 2
+    assert sorted(p["alert"]["run_id"] for p in receiver.payloads() if p["status"] == "firing") == ["run-f"]
+    assert not [p for p in receiver.payloads() if p["alert"]["run_id"] == "run-p"]  # never notified
+
+
+def test_alerts_of_a_run_that_ended_while_alerting_was_down_end_at_restart(db, engines):
+    now = time.time_ns()
+    first = engines(clock=lambda: now, interval_s=3600)
+    _store(db, _straggling_run(now, "run-d", slow_rank=3))
+    first.evaluate_periodic()
+    assert first.flush(20)
+    assert [(a.run_id, a.state) for a in query_alerts(db, rule="straggler")] == [("run-d", "pending")]
+    first.stop()  # alerting goes down; the run ends meanwhile
+    _store(db, [run_end_record(now + 5 * S, exit_code=1, project="llm", run_id="run-d", rank=0, world_size=4)])
+
+    second = engines(clock=lambda: now + 60 * S, interval_s=3600)
+    assert second.flush(20)
+    (alert,) = query_alerts(db, rule="straggler")
+    assert alert.state == "inactive"
+    assert alert.message.endswith("-- inactive: run run-d had ended (FAILED) when alerting restarted")
+
+
 def test_engine_as_ingest_worker_observer_through_kafka(kafka_bootstrap, clickhouse_url, fresh_database, db,
                                                         receiver, engines):
     """The wiring the ingest path uses: IngestWorker(..., observers=[engine.observe])."""

@@ -127,6 +127,19 @@ def test_close_run():
     assert [a.run_id for a in lc.open_alerts()] == ["run-2"]
 
 
+def test_close_run_of_one_rank_and_pending_alerts():
+    lc = Lifecycle()
+    rank = lambda k: Entity("p", "run-1", "", "", k, "step_time_s")  # noqa: E731
+    lc.apply([tr("firing", 0, 0, rule="straggler", entity=rank(2)), tr("pending", 1, 1, rule="straggler", entity=rank(3))])
+    assert lc.close_run("p", "run-1", T0 + 5 * S, "rank 1 ended", rank=1) == []
+    (ended,) = lc.close_run("p", "run-1", T0 + 5 * S, "rank 3 ended with exit code 0", rank=3)
+    assert (ended.kind, ended.notify, ended.alert.state) == ("inactive", False, "inactive")
+    assert ended.alert.message.endswith(" -- inactive: rank 3 ended with exit code 0")
+    (resolved,) = lc.close_run("p", "run-1", T0 + 6 * S, "run run-1 ended with exit code 0")
+    assert (resolved.kind, resolved.notify, resolved.alert.resolved_ns) == ("resolved", True, T0 + 6 * S)
+    assert lc.open_alerts() == []
+
+
 def test_alert_is_frozen():
     a = Lifecycle().apply([tr("firing", 0, 0)])[0].alert
     assert isinstance(a, Alert)

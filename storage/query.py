@@ -41,7 +41,7 @@ from typing import Any, Iterable, Sequence
 
 from runwire.storage import filters as _filters
 
-__all__ = ["RunQueries", "QueryError", "NotFound", "RunNotFound", "GPU_FIELDS"]
+__all__ = ["RunQueries", "QueryError", "NotFound", "RunNotFound", "GPU_FIELDS", "FIRED_STATES", "where_clause"]
 
 # The per-sample GPU float columns (runwire.ingest.codec.GPU_FLOAT_COLUMNS; a test keeps them
 # equal). Copied, not imported, so reading needs no Avro/Kafka imports.
@@ -52,6 +52,10 @@ GPU_FIELDS = (
 )
 
 _UTC = dt.timezone.utc
+
+# States of the alerts table (runwire.ingest.alerts) in which an alert fired: "pending" has not
+# fired yet and "inactive" never did (it cleared, or its run ended, first).
+FIRED_STATES = ("firing", "resolved")
 
 # GROUP BY a prefix of the sorting key streams instead of hashing: measured 1.3-2x faster on
 # the rollups (bench/query.py).
@@ -365,6 +369,15 @@ class RunQueries:
                                    "ORDER BY rank, step, ts LIMIT 1 BY rank, step, ts", parameters=params)
         return [{"rank": k, "step": s, "ts": _utc(t), "value": v} for k, s, t, v in result.result_rows]
 
+    def metric_counts(self, run_id: str, project: str | None = None) -> dict[str, dict[str, int]]:
+        """Per metric of a run: {"points": stored points, "nonfinite": how many are NaN or Inf}.
+        Exact (FINAL: replays count once)."""
+        project = self._resolve([run_id], project)[run_id]
+        cond, params = where_clause(project=project, run_id=run_id)
+        rows = self._query("SELECT toString(name) AS name, count() AS points, countIf(NOT isFinite(value)) AS nonfinite "
+                           f"FROM metrics FINAL WHERE {cond} GROUP BY name ORDER BY name", params)
+        return {r["name"]: {"points": int(r["points"]), "nonfinite": int(r["nonfinite"])} for r in rows}
+
     # --- compare and search ------------------------------------------------------------------
 
     def compare(self, run_ids: Sequence[str], metrics: Sequence[str] | None = None,
@@ -674,6 +687,43 @@ class RunQueries:
             out.append({"rank": row["rank"], "host": hosts.get(row["rank"]), "median": row["median"],
                         "run_median": run_median, "ratio": ratio, "straggler": ratio >= min_ratio,
                         "points": int(row["points"])})
+        return out
+
+    # --- alerts ------------------------------------------------------------------------------
+
+    def fired_alerts(self, runs: Iterable[tuple[str, str]], hosts: Iterable[str] = (), since=None,
+                     until=None) -> list[dict]:
+        """The alerts that fired (state firing or resolved; see FIRED_STATES) of the (project,
+        run_id) pairs in ``runs``, plus host-level alerts (no run id) on ``hosts`` that were
+        open between ``since`` and ``until`` (datetimes; both needed for those), oldest first:
+        rows {run_id, rule, severity, state, host, gpu_uuid, rank, value, message, started_at,
+        resolved_at}."""
+        runs = list(runs)
+        if not runs:
+            return []
+        cond, params = where_clause({"fired": list(FIRED_STATES)}, projects=[p for p, _ in runs],
+                                    run_ids=[r for _, r in runs])
+        hosts = sorted(set(hosts))
+        if hosts and since is not None and until is not None:
+            host_cond, params = where_clause(params, projects=[p for p, _ in runs], hosts=hosts)
+            cond = (f"(({cond}) OR (run_id = '' AND {host_cond} AND started_at <= {{until:DateTime64(6)}} "
+                    "AND (resolved_at IS NULL OR resolved_at >= {since:DateTime64(6)})))")
+            params.update(since=since, until=until)
+        # The state is filtered on the outer query, after FINAL picked each alert's newest row.
+        rows = self._query(
+            "SELECT * FROM (SELECT toString(project) AS project, run_id, toString(rule) AS rule, "
+            "toString(severity) AS severity, toString(state) AS state, toString(host) AS host, gpu_uuid, rank, "
+            f"value, message, started_at, resolved_at, alert_id FROM alerts FINAL WHERE {cond}) "
+            "WHERE state IN {fired:Array(String)} ORDER BY started_at, alert_id", params)
+        wanted = set(runs)
+        out = []
+        for row in rows:
+            project = row.pop("project")
+            row.pop("alert_id")
+            if row["run_id"] and (project, row["run_id"]) not in wanted:
+                continue
+            row["started_at"], row["resolved_at"] = _utc(row["started_at"]), _utc(row["resolved_at"])
+            out.append(row)
         return out
 
     # --- SQL ---------------------------------------------------------------------------------

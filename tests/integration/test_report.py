@@ -140,6 +140,11 @@ def _add_what_the_demo_lacks(client) -> None:
          "GPU temperature 91 C <script>alert(1)</script>", first + dt.timedelta(seconds=1), None, now],
         ["demo", f"{RUN_A}-strag", "straggler", "warning", "resolved", RUN_A, "node-1", "", 3, 1.7,
          "rank 3 step time 1.7x the run median", first, first + dt.timedelta(seconds=2), now],
+        # Two that never fired: one still pending, one that ended inactive (not shown, not counted).
+        ["demo", f"{RUN_A}-pending", "heartbeat", "warning", "pending", RUN_A, "", "", None, 130.0,
+         "run silent", first, None, now],
+        ["demo", f"{RUN_A}-inactive", "gpu_memory_near_oom", "warning", "inactive", RUN_A, host, gpu, None, 96.0,
+         "memory high -- inactive: run ended", first, first + dt.timedelta(seconds=1), now],
     ], column_names=["project", "alert_id", "rule", "severity", "state", "run_id", "host", "gpu_uuid", "rank",
                      "value", "message", "started_at", "resolved_at", "updated_at"])
 
@@ -212,6 +217,13 @@ def test_report_dom_holds_every_part(report_path, tmp_path):
     band = re.search(r'<path d="M([^"]+)"[^>]*class="band"', sections["loss"]).group(1)
     ys = sorted(float(y) for y in re.findall(r"[\d.]+ ([\d.]+)", band))
     assert ys[0] < 12 + 0.1 * (380 - 54) < ys[len(ys) // 2]
+
+
+def test_alerts_section_lists_only_alerts_that_fired(report_path):
+    alerts = report_path.read_text().split('id="alerts"')[1].split("</section>")[0]
+    assert "<h2>Alerts (2)</h2>" in alerts
+    assert "gpu_temperature_critical" in alerts and "straggler" in alerts
+    assert "heartbeat" not in alerts and "gpu_memory_near_oom" not in alerts
 
 
 def test_unknown_run_is_a_clear_error(report_client, tmp_path):

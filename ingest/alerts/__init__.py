@@ -37,6 +37,8 @@ notify_queue_size (1000), notify_timeout_s (5), notify_deadline_s (120), adopt (
 alerts the table holds open after a restart), enabled.
 
 States in the `alerts` table: pending, firing, resolved, and inactive (a pending alert whose
-condition cleared before it fired; never notified). Dashboards showing alerts that happened
-should read `state IN ('firing', 'resolved')`.
+condition cleared, or whose run or rank ended, before it fired; never notified). A run's end
+(rank 0's) ends all its alerts, a rank's end that rank's, with the reason in the message.
+Reports and dashboards showing alerts that happened read `state IN ('firing', 'resolved')`
+(runwire.storage.query.FIRED_STATES). README "Alerting" lists every state and reason.
 """

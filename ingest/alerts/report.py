@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Iterable
 
+from runwire.ingest.alerts.condition import FIRING, INACTIVE, RESOLVED
 from runwire.ingest.alerts.lifecycle import Alert
 from runwire.ingest.alerts.notify import alert_dict
 
@@ -65,13 +66,16 @@ def alerts_json(alerts: Iterable[Alert]) -> list[dict[str, Any]]:
 
 
 def timeline(alerts: Iterable[Alert], start_ns: int, end_ns: int, width: int = 48) -> str:
-    """Each alert of a run as a bar over the run's time span: '#' firing or pending, from its
-    start to its resolution (or the end)."""
-    alerts = sorted(alerts, key=lambda a: (a.started_ns, a.rule))
+    """Each alert of a run as a bar over the run's time span, from its start to its resolution
+    (or the end). Counted as fired: firing and resolved; pending ones are shown as such;
+    inactive ones (they never fired) are left out."""
+    alerts = sorted((a for a in alerts if a.state != INACTIVE), key=lambda a: (a.started_ns, a.rule))
     if not alerts:
-        return "alerts: none"
+        return "alerts: none fired"
     span = max(1, end_ns - start_ns)
-    lines = [f"alerts ({len(alerts)}), over the run's {span / 1e9:.0f} s:"]
+    fired = sum(a.state in (FIRING, RESOLVED) for a in alerts)
+    pending = f", {len(alerts) - fired} pending (not fired yet)" if len(alerts) > fired else ""
+    lines = [f"alerts: {fired} fired{pending}, over the run's {span / 1e9:.0f} s:"]
     for a in alerts:
         first = int((a.started_ns - start_ns) / span * width)
         last = int(((a.resolved_ns or end_ns) - start_ns) / span * width)

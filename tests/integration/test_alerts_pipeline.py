@@ -243,7 +243,7 @@ def _straggling_run(t: int, run_id: str, slow_rank: int) -> list:
     return records
 
 
-def test_alerts_of_a_run_end_with_the_run(db, receiver, engines):
+def test_alerts_of_a_run_end_with_the_run(db, receiver, engines, clickhouse_url):
     """The demo's straggler alert stayed firing after its run finished: a run's end resolves its
     firing alerts and ends its pending ones (inactive), with the reason, and its data still in
     the window opens no new alert."""
@@ -282,6 +282,16 @@ def test_alerts_of_a_run_end_with_the_run(db, receiver, engines):
     assert len(query_alerts(db, rule="straggler")) == 2
     assert sorted(p["alert"]["run_id"] for p in receiver.payloads() if p["status"] == "firing") == ["run-f"]
     assert not [p for p in receiver.payloads() if p["alert"]["run_id"] == "run-p"]  # never notified
+
+    # `runwire alerts ls` leaves out what never fired unless asked (--all).
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers(dest="command"))
+    for extra, shown in (([], {("run-f", "resolved")}), (["--all"], {("run-f", "resolved"), ("run-p", "inactive")})):
+        args = parser.parse_args(["alerts", "ls", "--json", *extra, "--clickhouse-url", clickhouse_url,
+                                  "--database", db.database])
+        return_code, out = run_cli(args)
+        assert return_code == 0
+        assert {(a["run_id"], a["state"]) for a in map(json.loads, out.splitlines())} == shown
 
 
 def test_alerts_of_a_run_that_ended_while_alerting_was_down_end_at_restart(db, engines):

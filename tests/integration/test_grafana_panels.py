@@ -424,3 +424,31 @@ def test_every_panel_query_runs_on_demo_data(demo, dashboard_file):
                 ran += 1
     assert ran >= 4 * 4, f"{dashboard_file}: only {ran} queries ran"
     assert time.monotonic() - started < 30
+
+
+@pytest.mark.timeout(120)
+def test_alert_panels_leave_out_alerts_that_never_fired(demo):
+    """A pending alert has not fired and an inactive one never did: no alerts panel counts or
+    lists them (the alert history lists the pending one with its state)."""
+    now = dt.datetime.now(dt.timezone.utc)
+    columns = ["project", "alert_id", "rule", "severity", "state", "run_id", "host", "gpu_uuid", "rank", "value",
+               "message", "started_at", "resolved_at", "updated_at"]
+    demo.insert("alerts", [
+        ["demo", "never-1", "never_fired_inactive", "critical", "inactive", RUN_ID, "node-0", "", 1, 1.0,
+         "cleared before it fired", now - dt.timedelta(seconds=40), now - dt.timedelta(seconds=20), now],
+        ["demo", "never-2", "never_fired_pending", "warning", "pending", RUN_ID, "node-0", "", 2, 1.0,
+         "not yet", now - dt.timedelta(seconds=10), None, now],
+    ], column_names=columns)
+    dashboard = _dashboards()["alerts.json"]
+    time_from, time_to = _ranges()["15m"]
+    ctx = _resolve_variables(demo, dashboard, time_from, time_to, all_selected=True)
+    seen, rows = {}, {}
+    for panel in _query_panels(dashboard):
+        for target in panel["targets"]:
+            rows[panel["title"]] = demo.query(render(target["rawSql"], ctx)).result_rows
+            seen[panel["title"]] = str(rows[panel["title"]])
+    assert not [title for title, text in seen.items() if "never_fired_inactive" in text]
+    assert [title for title, text in seen.items() if "never_fired_pending" in text] == ["Alert history"]
+    # The counts are those of the two alerts that fired.
+    assert sorted(r[0] for r in rows["Alerts by rule and severity"]) == ["gpu_temperature_critical", "straggler"]
+    assert sum(sum(r[1:]) for r in rows["Alerts started"]) == 2

@@ -149,3 +149,20 @@ def test_alert_is_frozen():
         pass
     else:
         raise AssertionError("Alert must be immutable: events are shared by threads")
+
+
+def test_run_timeline_counts_only_alerts_that_fired():
+    from runwire.ingest.alerts.report import timeline
+
+    lc = Lifecycle()
+    straggler = lambda k: Entity("p", "run-1", "", "", k, "step_time_s")  # noqa: E731
+    lc.apply([tr("firing", 0, 0), tr("firing", 1, 1, rule="straggler", entity=straggler(2)),
+              tr("pending", 2, 2, rule="straggler", entity=straggler(3))])
+    ended = lc.close_run("p", "run-1", T0 + 5 * S, "run run-1 ended with exit code 0")
+    assert sorted(e.alert.state for e in ended) == ["inactive", "resolved", "resolved"]
+    text = timeline([e.alert for e in ended], T0, T0 + 10 * S)
+    assert text.splitlines()[0] == "alerts: 2 fired, over the run's 10 s:"
+    assert "inactive" not in text and text.count("resolved +5s") == 2
+    still_open = timeline([e.alert for e in lc.apply([tr("pending", 20, 20)])], T0, T0 + 30 * S)
+    assert still_open.splitlines()[0] == "alerts: 0 fired, 1 pending (not fired yet), over the run's 30 s:"
+    assert timeline([], T0, T0 + S) == "alerts: none fired"

@@ -8,9 +8,10 @@ formatted into SQL are fixed column names and the GPU field, which is checked ag
 How the queries stay fast at scale (see bench/query.py):
 
 "Last": everywhere (show, compare, search, curves, the report) a metric's last value is the
-value at its highest step; ties: the latest timestamp, then the lowest rank. The rollups keep
-it as a tuple under max(): (step, ts, value) per rank and minute in ``metrics_1m``, (step, ts,
--rank, value) per run and metric in ``metrics_summary`` (migration 0004_last_by_step.sql).
+value at its highest step; ties: the latest timestamp, then the lowest rank. The rollups order
+points by the key step * 2^48 + milliseconds: ``metrics_1m`` keeps argMax(value, key) and
+max(key) per rank and minute, ``metrics_summary`` the tuple (key, -rank, step, value) under
+max() per run and metric (migration 0004_last_by_step.sql). Raw reads use max((step, ts, value)).
 
 Replays (a batch stored twice, see README "Replays"): the raw tables collapse them on merge;
 until then every read here that counts or averages removes them itself (``uniqExact`` over the
@@ -168,8 +169,8 @@ class RunQueries:
     def _summary_sql(where: str, last_only: bool = False) -> str:
         """SQL of (project, run_id, name, last[, step, min, max]) per run and metric, from
         metrics_summary (merging the rows of not yet merged parts)."""
-        extra = "" if last_only else ", max(last_point).1 AS step, min(min_value) AS min, max(max_value) AS max"
-        # last_point is (step, ts, -rank, value): its max is the last point (module docstring: "last").
+        extra = "" if last_only else ", max(last_point).3 AS step, min(min_value) AS min, max(max_value) AS max"
+        # last_point is (key, -rank, step, value): its max is the last point (module docstring: "last").
         return (f"SELECT toString(project) AS project, run_id, toString(name) AS name, "
                 f"max(last_point).4 AS last{extra} FROM metrics_summary WHERE {where} "
                 "GROUP BY project, run_id, name")
@@ -340,7 +341,8 @@ class RunQueries:
         params = dict(params, lo=lo, w=width)
         per_rank = ("SELECT rank, {lo:UInt32} + intDiv(toUInt32(minute) - {lo:UInt32}, {w:UInt32}) * {w:UInt32} "
                     "AS bucket_start, min(min_value) AS r_min, max(max_value) AS r_max, "
-                    "max(last_point) AS r_point, sum(count) AS r_count "
+                    "(max(last_key), 0, argMax(finalizeAggregation(last_point), last_key)) AS r_point, "
+                    "sum(count) AS r_count "
                     f"FROM metrics_1m WHERE {cond} GROUP BY rank, bucket_start")
         out = []
         for row in self._query(_combine_ranks(per_rank, across_ranks), params):
@@ -758,8 +760,9 @@ class RunQueries:
 
 def _combine_ranks(per_rank: str, across_ranks: bool) -> str:
     """The outer query over per-(rank, bucket) rows r_min, r_max, r_point (the rank's last point
-    in the bucket, (step, ts, value)) and r_count. Across ranks the last point is the highest
-    (step, ts, -rank) (module docstring: "last")."""
+    in the bucket: (step, ts, value) from the raw points, (key, 0, value) from the rollup) and
+    r_count. Across ranks the last point is the highest (step, ts, -rank) or (key, -rank)
+    (module docstring: "last")."""
     if across_ranks:
         return ("SELECT bucket_start, min(r_min) AS min, max(r_max) AS max, avg(r_point.3) AS mean, "
                 "max((r_point.1, r_point.2, -toInt64(rank), r_point.3)).4 AS last, sum(r_count) AS count, "

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import zlib
 from collections import defaultdict
+
+import numpy as np
 
 from runwire.ingest.codec import GPU, METRICS, RUNS
 from runwire.storage import rows
@@ -22,10 +26,19 @@ def is_permanent(exc: Exception) -> bool:
     return any(f"Code: {code}." in text for code in _PERMANENT_CODES)
 
 
-# An insert identical to one already stored (a retry whose first attempt reached ClickHouse)
-# is dropped by the tables' insert deduplication (migration 0004); this makes the rollups'
-# materialized views drop it as well instead of counting it again.
-_DEDUPLICATE_VIEWS = {"deduplicate_blocks_in_dependent_materialized_views": 1}
+def _dedup(records: list[dict]) -> dict:
+    """Insert settings that make ClickHouse drop a second insert of the same batches (a retry
+    whose first attempt was stored, the same Kafka records inserted again), in the table and in
+    the rollups its materialized views feed (tables with a deduplication window, migration
+    0004). The token names the batches by their ids (run, rank, stream, sequence), plus a
+    checksum of their timestamps so that a writer reusing ids for other points is not dropped;
+    cheaper than ClickHouse hashing every row."""
+    digest = hashlib.blake2b(digest_size=16)
+    for r in records:
+        ts = np.ascontiguousarray(r["timestamps_ns"])
+        digest.update(f"{r['project']}\x1f{r['run_id']}\x1f{r['rank']}\x1f{r['stream_id']}\x1f{r['seq']}\x1f"
+                      f"{len(ts)}\x1f{zlib.crc32(ts)}\x1e".encode())
+    return {"insert_deduplication_token": digest.hexdigest(), "deduplicate_blocks_in_dependent_materialized_views": 1}
 
 
 class StorageWriter:
@@ -44,10 +57,10 @@ class StorageWriter:
             # Replays collapse in background merges; deduplicating each insert as well costs
             # ~20% of insert CPU for nothing.
             written["metrics"] = self._insert_arrow("metrics", rows.metric_table(by_kind[METRICS]),
-                                                    settings={"optimize_on_insert": 0, **_DEDUPLICATE_VIEWS})
+                                                    settings={"optimize_on_insert": 0, **_dedup(by_kind[METRICS])})
         if by_kind[GPU]:
             written["gpu_samples"] = self._insert_arrow("gpu_samples", rows.gpu_table(by_kind[GPU]),
-                                                        settings=_DEDUPLICATE_VIEWS)
+                                                        settings=_dedup(by_kind[GPU]))
         if by_kind[RUNS]:
             written.update(self._write_run_events(by_kind[RUNS]))
         return written

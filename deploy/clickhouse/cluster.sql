@@ -251,11 +251,13 @@ FROM runwire.metrics_1m
 GROUP BY project, run_id, name;
 
 -- from 0004_last_by_step.sql
-ALTER TABLE runwire.metrics_1m_local ON CLUSTER runwire ADD COLUMN IF NOT EXISTS
-    last_point SimpleAggregateFunction(max, Tuple(Int64, DateTime64(3, 'UTC'), Float64)) AFTER count;
+ALTER TABLE runwire.metrics_1m_local ON CLUSTER runwire ADD COLUMN IF NOT EXISTS last_key SimpleAggregateFunction(max, Int128) AFTER count;
 
-ALTER TABLE runwire.metrics_1m ON CLUSTER runwire ADD COLUMN IF NOT EXISTS
-    last_point SimpleAggregateFunction(max, Tuple(Int64, DateTime64(3, 'UTC'), Float64)) AFTER count;
+ALTER TABLE runwire.metrics_1m ON CLUSTER runwire ADD COLUMN IF NOT EXISTS last_key SimpleAggregateFunction(max, Int128) AFTER count;
+
+ALTER TABLE runwire.metrics_1m_local ON CLUSTER runwire ADD COLUMN IF NOT EXISTS last_point AggregateFunction(argMax, Float64, Int128) AFTER last_key;
+
+ALTER TABLE runwire.metrics_1m ON CLUSTER runwire ADD COLUMN IF NOT EXISTS last_point AggregateFunction(argMax, Float64, Int128) AFTER last_key;
 
 DROP VIEW IF EXISTS runwire.metrics_summary_mv ON CLUSTER runwire SYNC;
 
@@ -269,21 +271,25 @@ SELECT
     max(value) AS max_value,
     sum(value) AS sum_value,
     count() AS count,
-    max((step, ts, value)) AS last_point,
+    max(toInt128(step) * 281474976710656 + toUnixTimestamp64Milli(ts)) AS last_key,
+    argMaxState(value, toInt128(step) * 281474976710656 + toUnixTimestamp64Milli(ts)) AS last_point,
     max(step) AS max_step
 FROM runwire.metrics_local
 GROUP BY project, run_id, name, rank, minute;
 
-INSERT INTO runwire.metrics_1m (project, run_id, name, rank, minute, min_value, max_value, sum_value, count, last_point, max_step)
-SELECT project, run_id, name, rank, minute, min(min_value), max(max_value), 0, 0,
-       (max(max_step), toDateTime64(minute, 3, 'UTC') - toIntervalMillisecond(1), argMaxMerge(last_value)),
-       max(max_step)
-FROM runwire.metrics_1m
-GROUP BY project, run_id, name, rank, minute;
+INSERT INTO runwire.metrics_1m (project, run_id, name, rank, minute, min_value, max_value, sum_value, count, last_key,
+                        last_point, max_step)
+SELECT project, run_id, name, rank, minute, lo, hi, 0, 0, k, initializeAggregation('argMaxState', v, k), s
+FROM (SELECT project, run_id, name, rank, minute, min(min_value) AS lo, max(max_value) AS hi, max(max_step) AS s,
+             argMaxMerge(last_value) AS v,
+             toInt128(s) * 281474976710656 + toInt64(toUnixTimestamp(minute)) * 1000 - 1 AS k
+      FROM runwire.metrics_1m GROUP BY project, run_id, name, rank, minute);
 
-INSERT INTO runwire.metrics_1m (project, run_id, name, rank, minute, min_value, max_value, sum_value, count, last_point, max_step)
+INSERT INTO runwire.metrics_1m (project, run_id, name, rank, minute, min_value, max_value, sum_value, count, last_key,
+                        last_point, max_step)
 SELECT project, run_id, name, rank, toStartOfMinute(ts) AS minute, min(value), max(value), 0, 0,
-       max((step, ts, value)), max(step)
+       max(toInt128(step) * 281474976710656 + toUnixTimestamp64Milli(ts)),
+       argMaxState(value, toInt128(step) * 281474976710656 + toUnixTimestamp64Milli(ts)), max(step)
 FROM runwire.metrics
 GROUP BY project, run_id, name, rank, minute;
 
@@ -302,7 +308,7 @@ CREATE TABLE IF NOT EXISTS runwire.metrics_summary_local ON CLUSTER runwire
     name        LowCardinality(String),
     min_value   SimpleAggregateFunction(min, Float64),
     max_value   SimpleAggregateFunction(max, Float64),
-    last_point  SimpleAggregateFunction(max, Tuple(Int64, DateTime64(3, 'UTC'), Int64, Float64))
+    last_point  SimpleAggregateFunction(max, Tuple(Int128, Int64, Int64, Float64))   -- (key, -rank, step, value)
 )
 ENGINE = ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/runwire/metrics_summary', '{replica}')
 ORDER BY (project, run_id, name);
@@ -312,12 +318,13 @@ ENGINE = Distributed(runwire, runwire, metrics_summary_local, cityHash64(project
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS runwire.metrics_summary_mv ON CLUSTER runwire TO runwire.metrics_summary_local AS
 SELECT project, run_id, name, min(min_value) AS min_value, max(max_value) AS max_value,
-       max((last_point.1, last_point.2, -toInt64(rank), last_point.3)) AS last_point
+       max((last_key, -toInt64(rank), max_step, finalizeAggregation(last_point))) AS last_point
 FROM runwire.metrics_1m_local
 GROUP BY project, run_id, name;
 
 INSERT INTO runwire.metrics_summary
-SELECT project, run_id, name, min(min_value), max(max_value),
-       max((last_point.1, last_point.2, -toInt64(rank), last_point.3))
-FROM runwire.metrics_1m
+SELECT project, run_id, name, min(min_value), max(max_value), max((k, -toInt64(rank), s, v))
+FROM (SELECT project, run_id, name, rank, min(min_value) AS min_value, max(max_value) AS max_value,
+             max(last_key) AS k, max(max_step) AS s, argMaxMerge(last_point) AS v
+      FROM runwire.metrics_1m GROUP BY project, run_id, name, rank, minute)
 GROUP BY project, run_id, name;

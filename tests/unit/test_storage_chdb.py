@@ -228,6 +228,18 @@ def test_replays_through_the_writer_exact_and_approximate_reads(db):
     assert [dict(b, count=0) for b in replayed] == [dict(b, count=0) for b in minutes]
 
 
+def test_other_points_under_reused_batch_ids_are_not_dropped(db):
+    """Insert deduplication names an insert by its batches' ids and a checksum of their
+    timestamps: a writer that reuses ids for other points keeps them."""
+    first = metrics("m3", 0, ["loss"], METRIC_POINTS[:2], seq=9)
+    again = metrics("m3", 0, ["loss"], METRIC_POINTS[2:4], seq=9)  # same run, rank, stream and seq
+    StorageWriter(db).write([first])
+    StorageWriter(db).write([again])
+    StorageWriter(db).write([first])  # a true replay: dropped
+    assert rows_of(db, "SELECT count() FROM metrics WHERE run_id = {r:String}", r="m3") == [(4,)]
+    assert rows_of(db, "SELECT sum(count) FROM metrics_1m WHERE run_id = {r:String}", r="m3") == [(4,)]
+
+
 def test_write_inserts_gpu_samples(db):
     samples = [("GPU-b", T0 + 1_000_000, 61.5, 0), ("GPU-a", T0 + 2_000_000, float("nan"), 2**63 + 4),
                ("GPU-b", T0 + 3_000_000, 62.0, 4)]

@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except Exception as exc:
-        from runwire.config import ConfigError
+        from runwire.proto.config import ConfigError
 
         if isinstance(exc, ConfigError):
             print(f"runwire: configuration error: {exc}", file=sys.stderr)

@@ -18,6 +18,7 @@ from typing import Any
 from runwire.exporter import EmitterConfig, Exporter
 from runwire.identity import layout_from_env
 from runwire.proto import telemetry_pb2 as pb
+from runwire.proto.contract import MAX_KEY_LEN, MAX_VALUE_LEN, text_problem
 
 log = logging.getLogger("runwire")
 
@@ -25,7 +26,6 @@ _live_runs: "weakref.WeakSet[Run]" = weakref.WeakSet()
 _MIN_STEP, _MAX_STEP = -(1 << 63), (1 << 63) - 1
 
 
-MAX_KEY_LEN, MAX_VALUE_LEN = 256, 8192  # the gateway's limits (README): one bad entry would reject them all
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -45,7 +45,8 @@ def within_limits(params: Mapping[str, str], what: str = "param") -> dict[str, s
     warning, instead of losing the whole update."""
     out = {}
     for key, value in params.items():
-        if not 0 < len(key) <= MAX_KEY_LEN or not key.isprintable():
+        # The gateway's limits: one bad entry would reject the whole update.
+        if text_problem(key, 1, MAX_KEY_LEN):
             log.warning("runwire: %s key %r dropped: keys are 1-%d printable characters", what, key[:80], MAX_KEY_LEN)
             continue
         if len(value) > MAX_VALUE_LEN:

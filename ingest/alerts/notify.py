@@ -24,7 +24,7 @@ import urllib.error
 import urllib.request
 from typing import Any, Callable, Protocol
 
-from runwire import retry
+from runwire.proto import retry
 from runwire.ingest.alerts.lifecycle import Alert, AlertEvent
 
 log = logging.getLogger("runwire.alerts")

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from runwire.config import ConfigError
+from runwire.proto.config import ConfigError
 from runwire.ingest.alerts.engine import AlertConfig, AlertEngine, DisabledEngine, build_engine
 from runwire.ingest.alerts.notify import CallbackNotifier
 from runwire.ingest.alerts.records import gpu_record, gpu_sample, metric_record

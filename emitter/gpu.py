@@ -363,7 +363,7 @@ class GpuSampler:
     - ``sample_all``: sample every GPU of the machine, ignoring CUDA_VISIBLE_DEVICES and the
       local rank (for a per-node monitor process). Default False.
     - ``nvml``: the NVML binding module; default ``pynvml`` imported at ``start()``. Tests and
-      the demo pass ``runwire.testing.fake_nvml.FakeNvml``.
+      the demo pass ``runwire.simulated_nvml.FakeNvml``.
     - ``cuda_visible_devices``: override for the ``CUDA_VISIBLE_DEVICES`` value (None = unset);
       default: read from the environment at ``start()``.
     """

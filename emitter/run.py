@@ -246,7 +246,7 @@ def _nvml_override():
     if not seed:
         return None
     if _fake_nvml is None:
-        from runwire.testing.fake_nvml import FakeNvml
+        from runwire.simulated_nvml import FakeNvml
 
         _fake_nvml = FakeNvml.h100_node(n_gpus=int(os.environ.get("RUNWIRE_FAKE_GPUS", "2")), node_seed=int(seed))
     return _fake_nvml

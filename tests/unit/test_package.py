@@ -27,7 +27,7 @@ def test_import_runwire_pulls_no_server_dependencies():
 
 
 def test_console_script_lists_subcommands():
-    out = subprocess.run([sys.executable, "-m", "runwire.cli", "--help"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "runwire.deploy.cli", "--help"], capture_output=True, text=True, check=True)
     for command in ("demo", "up", "gateway", "ingest", "migrate", "sync"):
         assert command in out.stdout
 

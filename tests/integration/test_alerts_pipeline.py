@@ -244,7 +244,7 @@ def test_engine_as_ingest_worker_observer_through_kafka(kafka_bootstrap, clickho
     from runwire.ingest.kafka_io import make_producer, topic_names
     from runwire.ingest.worker import IngestConfig, IngestWorker
     from runwire.proto import telemetry_pb2 as pb
-    from runwire.gpu import encode_gpu_batch
+    from runwire.gpu_wire import encode_gpu_batch
     from runwire.testing.records import identity
 
     engine = engines(receiver.url, periodic=False)

@@ -14,7 +14,9 @@ import time
 import pynvml
 import pytest
 
-from runwire.gpu import GpuSample, GpuSampler, decode_gpu_batch, encode_gpu_batch, select_devices
+from runwire.gpu import GpuSampler
+from runwire.gpu_devices import select_devices
+from runwire.gpu_wire import GpuSample, decode_gpu_batch, encode_gpu_batch
 from runwire.proto import telemetry_pb2
 from runwire.simulated_nvml import FakeGpu, FakeNvml, ManualClock
 

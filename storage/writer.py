@@ -9,7 +9,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from runwire.ingest.codec import GPU, METRICS, RUNS
+from runwire.proto.contract import GPU, METRICS, RUNS
 from runwire.storage import rows
 
 

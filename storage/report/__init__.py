@@ -15,19 +15,18 @@ Modules, one job each:
     data.py     load_report_data: reads it through runwire.storage.query.RunQueries only
     svg.py      the SVG chart library: line charts with min-max bands, a timeline, ticks (pure)
     page.py     render_report: the HTML document and its sections (pure)
-    command.py  write_report and the `runwire report` command
+    write.py    write_report: the data, rendered, to a file (`runwire report` is in ../commands.py)
 
 Curves are downsampled in SQL per step bucket keeping the minimum and maximum across ranks, so a
 spike of any rank stays visible in the band; `reduce_buckets` merges buckets the same way if a
 caller hands over more than a plot can show.
 """
 
-from runwire.storage.report.command import cmd_report, register, register_report_command, write_report
 from runwire.storage.report.data import load_report_data
 from runwire.storage.report.model import Bucket, GpuSeries, RunData, reduce_buckets
 from runwire.storage.report.page import render_report
 from runwire.storage.report.svg import Series, fmt_duration, fmt_number, line_chart, nice_ticks, timeline_chart
+from runwire.storage.report.write import write_report
 
 __all__ = ["Bucket", "GpuSeries", "RunData", "Series", "load_report_data", "render_report", "write_report",
-           "register", "register_report_command", "cmd_report", "reduce_buckets", "line_chart", "timeline_chart",
-           "nice_ticks", "fmt_number", "fmt_duration"]
+           "reduce_buckets", "line_chart", "timeline_chart", "nice_ticks", "fmt_number", "fmt_duration"]

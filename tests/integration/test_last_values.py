@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from runwire import wire
-from runwire.cli import main as cli_main
+from runwire.deploy.cli import main as cli_main
 from runwire.ingest import codec
 from runwire.proto import telemetry_pb2 as pb
 from runwire.storage import schema

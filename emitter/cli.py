@@ -4,7 +4,6 @@ emitter's install stays light."""
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 import threading
@@ -16,12 +15,16 @@ def _install_stop_signals(stop: threading.Event) -> None:
 
 
 def cmd_gateway(args) -> int:
-    from runwire.ingest.gateway import GatewayConfig, create_gateway
+    from runwire.ingest.gateway import GatewayConfig, ListenError, create_gateway
 
     config = GatewayConfig.from_settings(listen=args.listen, mode=args.mode, kafka_bootstrap=args.kafka_bootstrap,
                                          clickhouse_url=args.clickhouse_url, tls_cert_file=args.tls_cert_file,
                                          tls_key_file=args.tls_key_file)
-    gateway = create_gateway(config).start()
+    try:
+        gateway = create_gateway(config).start()
+    except ListenError as exc:
+        print(f"runwire gateway: {exc}", file=sys.stderr)
+        return 1
     print(f"runwire gateway listening on {gateway.address} ({config.mode} mode)", flush=True)
     stop = threading.Event()
     _install_stop_signals(stop)
@@ -78,12 +81,20 @@ def cmd_sync(args) -> int:
 
 def cmd_up(args) -> int:
     from runwire.deploy.local.stack import LocalStack
+    from runwire.ingest.gateway import ListenError
 
-    with LocalStack(data_dir=args.data_dir, kafka=args.kafka, gateway_listen=args.listen, alerts=True) as stack:
+    try:
+        stack = LocalStack(data_dir=args.data_dir, kafka=args.kafka, gateway_listen=args.listen, alerts=True).start()
+    except ListenError as exc:
+        print(f"runwire up: {exc}", file=sys.stderr)
+        return 1
+    try:
         print(stack.describe(), flush=True)
         stop = threading.Event()
         _install_stop_signals(stop)
         stop.wait()
+    finally:
+        stack.stop()
     return 0
 
 
@@ -96,7 +107,8 @@ def cmd_demo(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="runwire", description="Telemetry pipeline for ML training runs.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log at DEBUG level, with the libraries' own logs (kafka, grpc, clickhouse)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="run a simulated multi-node training job on the embedded stack")
@@ -152,9 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from runwire.proto.logs import setup_logging
+
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.verbose)
     try:
         return args.func(args)
     except Exception as exc:

@@ -49,6 +49,7 @@ class GatewayConfig:
     max_streams: int = 1024                  # open streams (one per emitting process); beyond: RESOURCE_EXHAUSTED
     max_pending: int = 20000                 # envelopes awaiting their sink; beyond: RESOURCE_EXHAUSTED
     drain_timeout_s: float = 30.0            # how long a closing stream waits for its last acks
+    ttl_days: int | None = None              # direct mode: raw time-series retention; None leaves it as it is
 
     def problems(self) -> list[str]:
         out = []
@@ -67,6 +68,10 @@ class GatewayConfig:
     @classmethod
     def from_settings(cls, **overrides) -> "GatewayConfig":
         return build(cls, overrides)
+
+
+class ListenError(RuntimeError):
+    """The gateway cannot listen where it was asked to (the port is in use, the address is not local)."""
 
 
 class _Abort:
@@ -237,21 +242,39 @@ class Gateway:
         # a load balancer's health check sees a full gateway) instead of queueing unanswered.
         self.server = grpc.server(
             ThreadPoolExecutor(max_workers=config.max_streams, thread_name_prefix="runwire-gateway"),
-            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
+            # gRPC sets SO_REUSEPORT by default: a second gateway on the same port would bind
+            # silently and take half the streams. Turned off, the bind fails instead.
+            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.so_reuseport", 0)],
             maximum_concurrent_rpcs=config.max_streams,
         )
         self.server.add_generic_rpc_handlers((self.service.handler(),))
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        if config.tls_cert_file:
-            with open(config.tls_key_file, "rb") as key, open(config.tls_cert_file, "rb") as cert:
-                credentials = grpc.ssl_server_credentials([(key.read(), cert.read())])
-            self.port = self.server.add_secure_port(config.listen, credentials)
-        else:
-            self.port = self.server.add_insecure_port(config.listen)
-        if self.port == 0:
-            raise RuntimeError(f"cannot listen on {config.listen}")
+        try:
+            self.port = self._bind(config)
+        except BaseException:
+            sink.close()
+            raise
         self._stopped = False
+
+    def _bind(self, config: GatewayConfig) -> int:
+        try:
+            if config.tls_cert_file:
+                with open(config.tls_key_file, "rb") as key, open(config.tls_cert_file, "rb") as cert:
+                    credentials = grpc.ssl_server_credentials([(key.read(), cert.read())])
+                port = self.server.add_secure_port(config.listen, credentials)
+            else:
+                port = self.server.add_insecure_port(config.listen)
+        except RuntimeError as exc:  # grpcio raises "Failed to bind to address ..."
+            port, why = 0, exc
+        else:
+            why = None
+        if port == 0:
+            raise ListenError(
+                f"cannot listen on {config.listen}: the port is in use (another runwire gateway or "
+                f"`runwire up`?) or the address is not on this machine. Stop the other server or choose "
+                f"another address with --listen (RUNWIRE_LISTEN); port 0 picks a free one.") from why
+        return port
 
     @property
     def address(self) -> str:
@@ -281,13 +304,18 @@ class Gateway:
         self.server.wait_for_termination()
 
 
-def create_gateway(config: GatewayConfig) -> Gateway:
-    """The gateway for `config`, with a Kafka sink or (direct mode) a ClickHouse sink."""
+def create_gateway(config: GatewayConfig, observers: list | None = None) -> Gateway:
+    """The gateway for `config`, with a Kafka sink or (direct mode) a ClickHouse sink.
+
+    observers: direct mode only, called with (kind, record) for every envelope as it arrives
+    (e.g. [alert_engine.observe]); in Kafka mode the ingest workers take them instead."""
     from runwire.ingest import sinks
 
     if config.mode == "kafka":
+        if observers:
+            raise ValueError("observers belong to the ingest workers in kafka mode")
         sink = sinks.KafkaSink.create(config)
     else:
-        sink = sinks.DirectSink.create(config)
+        sink = sinks.DirectSink.create(config, observers=observers)
     return Gateway(config, sink)
 

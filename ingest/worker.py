@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -125,6 +126,22 @@ class IngestWorker:
             **CONSUMER_METADATA,
         )
         self.consumer.subscribe(subscribed, listener=_FlushOnRevoke(self))
+        self._await_metadata(subscribed)
+
+    def _await_metadata(self, topics: list[str], timeout_s: float = 30.0) -> None:
+        """Fetch the topics' partitions into the consumer's metadata before it joins the group.
+        kafka-python's leader assigns from whatever metadata it holds at that moment; without
+        them every member was assigned nothing ("No partition metadata for topic ...")."""
+        deadline = time.monotonic() + timeout_s
+        missing = topics
+        while True:
+            missing = [t for t in missing if not self.consumer.partitions_for_topic(t)]
+            if not missing:
+                return
+            if time.monotonic() > deadline or self._stop.wait(0.2):
+                log.warning("no partition metadata for %s yet; ingest picks them up within %d s once it arrives",
+                            missing, CONSUMER_METADATA["metadata_max_age_ms"] // 1000)
+                return
 
     @property
     def writer(self):

@@ -385,3 +385,18 @@ def test_stop_with_an_open_stream_and_held_acks_returns_promptly(sink, streams):
     finally:
         sink.release()
         gw.stop(grace=0.2)
+
+
+def test_a_second_gateway_on_the_same_port_is_refused_with_a_clear_error(gateway, sink, channel):
+    """gRPC's SO_REUSEPORT default let two gateways share a port and split the streams."""
+    from runwire.ingest.gateway import ListenError
+
+    port = gateway.address.rsplit(":", 1)[1]
+    second_sink = RecordingSink()
+    with pytest.raises(ListenError, match=rf"cannot listen on 127\.0\.0\.1:{port}: the port is in use.*--listen"):
+        start_gateway(second_sink, port=int(port))
+    assert second_sink.close_calls == 1  # nothing of the refused gateway is left running
+    # The first gateway still gets every call.
+    for seq in range(1, 21):
+        assert pb.Ack.FromString(channel.unary_unary(PUBLISH)(envelope(seq=seq).SerializeToString(), timeout=10)).code == "OK"
+    assert len(sink.snapshot()) == 20

@@ -50,6 +50,16 @@ def raw(env: pb.Envelope) -> bytes:
 # -- fixtures ----------------------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True, params=["aio", "threads"])
+def server(request, monkeypatch):
+    """Every gateway test runs against both servers: the same service, the same guarantees."""
+    import gateway_helpers
+
+    monkeypatch.setattr(gateway_helpers, "DEFAULT_SERVER", request.param)
+    return request.param
+
+
+
 @pytest.fixture
 def auth_sink() -> RecordingSink:
     return RecordingSink()

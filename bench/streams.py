@@ -20,8 +20,10 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -50,7 +52,9 @@ async def one_stream(address: str, index: int, seconds: int, batch, start_at: fl
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
     acked = 0
-    async with grpc.aio.insecure_channel(address) as channel:
+    # A connection of its own, as a training process has (channels in one process to the same
+    # address would otherwise share one HTTP/2 connection).
+    async with grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
         call = channel.stream_stream(STREAM_METHOD, response_deserializer=pb.Ack.FromString)(
             envelopes(), timeout=seconds + 120)
         try:
@@ -63,6 +67,7 @@ async def one_stream(address: str, index: int, seconds: int, batch, start_at: fl
             outcome = "ok" if acked == seconds else "incomplete"
         except grpc.aio.AioRpcError as exc:
             outcome = exc.code().name
+            stats["errors"][exc.details()] = stats["errors"].get(exc.details(), 0) + 1
     stats["acked"] += acked
     stats["outcomes"][outcome] = stats["outcomes"].get(outcome, 0) + 1
 
@@ -71,16 +76,17 @@ async def client_streams(address: str, first: int, count: int, seconds: int, poi
     from runwire import wire
 
     batch = wire.metric_batch(["loss"], [0] * points, list(range(points)), [time.time_ns()] * points, [1.0] * points)
-    stats: dict = {"outcomes": {}, "latencies": [], "not_ok": {}, "sent": 0, "acked": 0}
+    stats: dict = {"outcomes": {}, "latencies": [], "not_ok": {}, "sent": 0, "acked": 0, "errors": {}}
     await asyncio.gather(*(one_stream(address, first + i, seconds, batch, start_at, stats) for i in range(count)))
     return stats
 
 
 def client_main(args) -> None:
-    """One client process: COUNT streams from index FIRST, sending from START_AT (epoch s)."""
-    address, first, count, start_at = args.client[0], int(args.client[1]), int(args.client[2]), float(args.client[3])
-    stats = asyncio.run(client_streams(address, first, count, args.seconds, args.points, start_at))
-    print(json.dumps(stats), flush=True)
+    """One client process: COUNT streams from index FIRST, sending from START_AT (epoch s); its
+    figures go to the file OUT (too large for a pipe nobody reads until the end)."""
+    address, first, count, start_at, out = args.client
+    stats = asyncio.run(client_streams(address, int(first), int(count), args.seconds, args.points, float(start_at)))
+    Path(out).write_text(json.dumps(stats))
 
 
 def topic_end_offset(bootstrap: str, topic: str) -> int:
@@ -113,10 +119,12 @@ def measure(kafka_bootstrap: str, server: str, streams: int, args) -> dict:
         start_at = time.time() + 5 + streams / 250
         processes = args.client_processes or max(2, -(-streams // 1000))
         per_process = -(-streams // processes)
+        outputs = [Path(tempfile.mkdtemp(prefix="bench-streams-")) / f"client-{first}.json"
+                   for first in range(0, streams, per_process)]
         clients = [subprocess.Popen(
             [sys.executable, __file__, "--client", address, str(first), str(min(per_process, streams - first)),
-             str(start_at), "--seconds", str(args.seconds), "--points", str(args.points)],
-            stdout=subprocess.PIPE, text=True) for first in range(0, streams, per_process)]
+             str(start_at), str(out), "--seconds", str(args.seconds), "--points", str(args.points)])
+            for first, out in zip(range(0, streams, per_process), outputs)]
         peak_threads = peak_rss = 0
         while time.time() < start_at:
             peak_rss = max(peak_rss, process.memory_info().rss)
@@ -128,10 +136,13 @@ def measure(kafka_bootstrap: str, server: str, streams: int, args) -> dict:
             time.sleep(0.5)
         elapsed = time.perf_counter() - started
         cpu = sum(process.cpu_times()[:2]) - cpu_before
-        total: dict = {"outcomes": {}, "latencies": [], "not_ok": {}, "sent": 0, "acked": 0}
-        for client in clients:
-            part = json.loads(client.communicate()[0].strip().splitlines()[-1])
-            for key in ("outcomes", "not_ok"):
+        total: dict = {"outcomes": {}, "latencies": [], "not_ok": {}, "sent": 0, "acked": 0, "errors": {}}
+        for client, out in zip(clients, outputs):
+            if client.wait() != 0:
+                raise RuntimeError(f"a load client failed (exit {client.returncode})")
+            part = json.loads(out.read_text())
+            shutil.rmtree(out.parent, ignore_errors=True)
+            for key in ("outcomes", "not_ok", "errors"):
                 for name, n in part[key].items():
                     total[key][name] = total[key].get(name, 0) + n
             total["latencies"].extend(part["latencies"])
@@ -149,7 +160,7 @@ def measure(kafka_bootstrap: str, server: str, streams: int, args) -> dict:
         "records_in_kafka": in_kafka, "refused": outcomes.get("RESOURCE_EXHAUSTED", 0),
         "streams_complete": outcomes.get("ok", 0),
         "streams_other": {k: v for k, v in outcomes.items() if k not in ("ok", "RESOURCE_EXHAUSTED")},
-        "answered_not_ok": total["not_ok"],
+        "answered_not_ok": total["not_ok"], "stream_errors": total["errors"],
         "gateway_rss_mb": round(peak_rss / 2**20, 1), "gateway_threads": peak_threads,
         "gateway_cpu_share": round(cpu / elapsed / (os.cpu_count() or 1), 3),
         "client_processes": len(clients),
@@ -169,7 +180,7 @@ def main() -> None:
     parser.add_argument("--max-streams", type=int, default=10_000, help="the gateway's RUNWIRE_MAX_STREAMS")
     parser.add_argument("--client-processes", type=int, default=0, help="default: one per 1,000 streams, at least 2")
     parser.add_argument("--out", default="build/bench/streams.json")
-    parser.add_argument("--client", nargs=4, metavar=("ADDRESS", "FIRST", "COUNT", "START_AT"))
+    parser.add_argument("--client", nargs=5, metavar=("ADDRESS", "FIRST", "COUNT", "START_AT", "OUT"))
     args = parser.parse_args()
     if args.client:
         return client_main(args)

@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from runwire.ingest.gateway import (SERVER_OPTIONS, Abort, GatewayConfig, TelemetryService, bind, handlers,
-                                    log_started)
+from runwire.ingest.gateway import (Abort, GatewayConfig, TelemetryService, bind, handlers, log_started,
+                                    server_options)
 from runwire.ingest.sinks import Sink
 from runwire.proto import telemetry_pb2 as pb
 from runwire.proto.contract import SERVICE_NAME
@@ -36,7 +36,7 @@ class ThreadedGateway:
         # queueing unanswered for a thread.
         self.server = grpc.server(
             ThreadPoolExecutor(max_workers=config.max_streams, thread_name_prefix="runwire-gateway"),
-            options=SERVER_OPTIONS, maximum_concurrent_rpcs=config.max_streams)
+            options=server_options(config), maximum_concurrent_rpcs=config.max_streams)
         self.server.add_generic_rpc_handlers((handlers(self._stream, self._publish),))
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -58,8 +58,11 @@ class BatchWriter:
     """
 
     def __init__(self, writer, observers: list[Observer] | None = None,
-                 backoff: retry.Backoff = retry.Backoff(max_s=5.0), stop: threading.Event | None = None) -> None:
+                 backoff: retry.Backoff = retry.Backoff(max_s=5.0), stop: threading.Event | None = None,
+                 on_insert: Callable[[float, int], None] | None = None) -> None:
+        """on_insert(seconds, rows): called after every successful insert (monitoring)."""
         self.writer = writer
+        self.on_insert = on_insert
         self.observers = list(observers or [])
         self.backoff = backoff
         self.stop = stop or threading.Event()
@@ -91,8 +94,14 @@ class BatchWriter:
         return []
 
     def _write_retrying(self, records: list[tuple[str, dict]]) -> None:
-        retry.call(lambda: self.writer.write(records), retryable=lambda exc: not is_permanent(exc),
+        retry.call(lambda: self._insert(records), retryable=lambda exc: not is_permanent(exc),
                    stop=self.stop, backoff=self.backoff, on_retry=self._on_retry(len(records)))
+
+    def _insert(self, records: list[tuple[str, dict]]) -> None:
+        started = time.perf_counter()
+        written = self.writer.write(records)
+        if self.on_insert is not None:
+            self.on_insert(time.perf_counter() - started, sum(written.values()) if written else 0)
 
     def _on_retry(self, n: int):
         def on_retry(exc: BaseException, attempt: int) -> None:

@@ -31,7 +31,7 @@ from runwire.proto.config import build, secret
 from runwire.ingest import codec
 from runwire.ingest.sinks import Sink
 from runwire.ingest.validate import InvalidEnvelope, validate
-from runwire.proto.contract import SERVICE_NAME
+from runwire.proto.contract import METRIC_COLUMNS, SERVICE_NAME
 from runwire.proto import telemetry_pb2 as pb
 
 log = logging.getLogger("runwire.gateway")
@@ -56,6 +56,7 @@ class GatewayConfig:
     drain_timeout_s: float = 30.0            # how long a closing stream waits for its last acks
     ttl_days: int | None = None              # direct mode: raw time-series retention; None leaves it as it is
     server: str = "aio"                      # "aio" (one event loop) or "threads" (a thread per stream)
+    metrics_listen: str = ""                 # host:port serving Prometheus /metrics; empty: off
 
     def problems(self) -> list[str]:
         out = []
@@ -109,12 +110,15 @@ class TelemetryService:
     """What the Telemetry service does with one envelope, whichever server runs it. Holds no
     per-run state: every envelope is self-describing."""
 
-    def __init__(self, config: GatewayConfig, sink: Sink) -> None:
+    def __init__(self, config: GatewayConfig, sink: Sink, metrics=None) -> None:
         self.config = config
         self.sink = sink
+        self.metrics = metrics  # a runwire.ingest.monitoring.PipelineMetrics, or None
         self._pending = 0
         self._lock = threading.Lock()
-        self.counters = {"received": 0, "acked": 0, "rejected": 0, "failed": 0, "busy": 0}
+        self.counters = {"received": 0, "acked": 0, "rejected": 0, "failed": 0, "busy": 0, "points_acked": 0,
+                         "points_rejected": 0, "points_failed": 0}
+        self.open_streams = 0
 
     def allowed_projects(self, metadata) -> set[str] | None:
         """Projects the caller's token is valid for; None when authentication is off. Raises
@@ -139,10 +143,12 @@ class TelemetryService:
         except DecodeError as exc:
             self.counters["rejected"] += 1
             return Abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed Envelope protobuf: {exc}")
+        points = _points(envelope)
         try:
             validate(envelope)
         except InvalidEnvelope as exc:
             self.counters["rejected"] += 1
+            self.counters["points_rejected"] += points
             return pb.Ack(seq=envelope.seq, code="INVALID_ARGUMENT", message=str(exc))
         if allowed is not None and envelope.identity.project not in allowed:
             self.counters["rejected"] += 1
@@ -154,15 +160,19 @@ class TelemetryService:
                 return pb.Ack(seq=envelope.seq, code="RESOURCE_EXHAUSTED", message="gateway busy, retry")
             self._pending += 1
         seq = envelope.seq
+        started = time.perf_counter()
 
         def finished(error: Exception | None, code: str = "UNAVAILABLE") -> None:
             with self._lock:
                 self._pending -= 1
+                outcome = "acked" if error is None else "failed"
+                self.counters[outcome] += 1
+                self.counters["points_" + outcome] += points
+            if self.metrics is not None and error is None:
+                self.metrics.ack_latency.observe(time.perf_counter() - started)
             if error is None:
-                self.counters["acked"] += 1
                 done(pb.Ack(seq=seq, code="OK"))
             else:
-                self.counters["failed"] += 1
                 done(pb.Ack(seq=seq, code=code, message=str(error)[:500]))
 
         try:
@@ -182,6 +192,31 @@ class TelemetryService:
         except DecodeError as exc:
             return Abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed Envelope protobuf: {exc}")
         return pb.Ack(seq=seq, code="RESOURCE_EXHAUSTED", message="gateway busy, retry")
+
+
+def _points(envelope: pb.Envelope) -> int:
+    """Metric points or GPU samples in an envelope (for the health metrics)."""
+    body = envelope.WhichOneof("body")
+    if body == "metrics":
+        return len(envelope.metrics.values) // METRIC_COLUMNS["values"].size
+    if body == "gpu":
+        return len(envelope.gpu.gpu_ref)
+    return 0
+
+
+def start_monitoring(config: GatewayConfig, service: TelemetryService):
+    """Serve the gateway's Prometheus metrics when config.metrics_listen is set; returns the
+    PipelineMetrics (or None)."""
+    if not config.metrics_listen:
+        return None
+    from runwire.ingest.monitoring import PipelineMetrics, gateway_source
+
+    metrics = PipelineMetrics()
+    metrics.add_source(gateway_source(service, lambda: service.open_streams))
+    service.metrics = metrics
+    port = metrics.serve(config.metrics_listen)
+    log.info("gateway metrics on http://%s:%d/metrics", config.metrics_listen.rpartition(":")[0], port)
+    return metrics
 
 
 def handlers(stream, publish) -> grpc.GenericRpcHandler:
@@ -277,6 +312,7 @@ class Gateway:
         self.config = config
         self.sink = sink
         self.service = TelemetryService(config, sink)
+        self.metrics = None
         self._stopped = False
         self._loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self._loop.run_forever, name="runwire-gateway-loop", daemon=True)
@@ -309,6 +345,7 @@ class Gateway:
 
     def start(self) -> "Gateway":
         self._call(self._start())
+        self.metrics = start_monitoring(self.config, self.service)
         log_started(self.config, self.address)
         return self
 
@@ -325,6 +362,8 @@ class Gateway:
         try:
             self._call(self._stop(grace), timeout=grace + 10)
         finally:
+            if self.metrics is not None:
+                self.metrics.close()
             self._handoff.close()
             self._close_loop()
             self.sink.close()
@@ -372,6 +411,7 @@ class Gateway:
 
         reader = asyncio.create_task(read())
         drain_deadline = None
+        self.service.open_streams += 1  # only the loop thread changes it
         try:
             while True:
                 if drain_deadline is not None and outstanding == 0:
@@ -389,6 +429,7 @@ class Gateway:
                     await context.abort(answer.code, answer.message)
                 yield answer
         finally:
+            self.service.open_streams -= 1
             reader.cancel()
 
     async def _publish(self, raw: bytes, context) -> pb.Ack:

@@ -14,7 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from runwire.ingest.gateway import (Abort, GatewayConfig, TelemetryService, bind, handlers, log_started,
-                                    server_options)
+                                    server_options, start_monitoring)
 from runwire.ingest.sinks import Sink
 from runwire.proto import telemetry_pb2 as pb
 from runwire.proto.contract import SERVICE_NAME
@@ -32,6 +32,8 @@ class ThreadedGateway:
         self.config = config
         self.sink = sink
         self.service = TelemetryService(config, sink)
+        self.metrics = None
+        self._streams_lock = threading.Lock()
         # Calls beyond max_streams are refused with RESOURCE_EXHAUSTED at once instead of
         # queueing unanswered for a thread.
         self.server = grpc.server(
@@ -56,6 +58,7 @@ class ThreadedGateway:
         self.server.start()
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.metrics = start_monitoring(self.config, self.service)
         log_started(self.config, self.address)
         return self
 
@@ -66,6 +69,8 @@ class ThreadedGateway:
         self._stopped = True
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait(grace + 1)
+        if self.metrics is not None:
+            self.metrics.close()
         self.sink.close()
 
     def wait(self) -> None:
@@ -105,13 +110,19 @@ class ThreadedGateway:
             answers.put(_END)
 
         threading.Thread(target=read, name="runwire-gateway-reader", daemon=True).start()
-        while True:
-            item = answers.get()
-            if item is _END:
-                return
-            if isinstance(item, Abort):
-                context.abort(item.code, item.message)
-            yield item
+        with self._streams_lock:
+            self.service.open_streams += 1
+        try:
+            while True:
+                item = answers.get()
+                if item is _END:
+                    return
+                if isinstance(item, Abort):
+                    context.abort(item.code, item.message)
+                yield item
+        finally:
+            with self._streams_lock:
+                self.service.open_streams -= 1
 
     def _publish(self, raw: bytes, context) -> pb.Ack:
         allowed = self._authenticate(context)

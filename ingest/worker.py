@@ -42,6 +42,7 @@ class IngestConfig:
     batch_rows: int = 500_000        # insert when this many rows are buffered ...
     batch_interval_s: float = 0.5    # ... or when the oldest buffered record is this old
     ttl_days: int | None = None      # raw time-series retention; None leaves it as it is
+    metrics_listen: str = ""         # host:port serving Prometheus /metrics; empty: off
 
     def problems(self) -> list[str]:
         out = []
@@ -98,11 +99,17 @@ class IngestWorker:
     """
 
     def __init__(self, config: IngestConfig, writer, backoff: retry.Backoff = retry.Backoff(max_s=5.0),
-                 observers: list | None = None) -> None:
+                 observers: list | None = None, metrics=None) -> None:
         self.config = config
         self.topics = topic_names(config.topic_prefix)
         self._stop = threading.Event()
-        self.core = BatchWriter(writer, observers, backoff, stop=self._stop)
+        on_insert = None
+        if metrics is not None:  # a runwire.ingest.monitoring.PipelineMetrics
+            def on_insert(seconds: float, rows: int) -> None:
+                metrics.insert_latency.observe(seconds)
+                metrics.insert_rows.observe(rows)
+        self.core = BatchWriter(writer, observers, backoff, stop=self._stop, on_insert=on_insert)
+        self.lag: dict[tuple[str, int], int] = {}  # (topic, partition) -> records behind, after each poll
         self.closing = False
         self._batch = _Batch()
         self._inflight: tuple[_Batch, Future] | None = None
@@ -158,6 +165,7 @@ class IngestWorker:
                 for partition_records in polled.values():
                     for record in partition_records:
                         self._take(record)
+                self._note_lag(polled)
                         if self._batch.full(self.config.batch_rows):
                             # Full: wait for the previous insert, so at most two batches are held.
                             self._finish_inflight(wait=True)
@@ -188,6 +196,13 @@ class IngestWorker:
         batch = self._batch
         return bool(batch) and (not batch.records  # only dead letters: commit them now
                                 or batch.due(self.config.batch_interval_s))
+
+    def _note_lag(self, polled) -> None:
+        """Records behind each partition's end, from the fetch's high watermark (no request)."""
+        for tp, records in polled.items():
+            highwater = self.consumer.highwater(tp)
+            if highwater is not None and records:
+                self.lag[(tp.topic, tp.partition)] = max(0, highwater - (records[-1].offset + 1))
 
     def _take(self, record) -> None:
         self.counters["records"] += 1
@@ -275,12 +290,13 @@ def _repack(kind: str, decoded: dict) -> dict:
     return out
 
 
-def create_worker(config: IngestConfig, observers: list | None = None) -> IngestWorker:
-    """A worker with its own ClickHouse client; observers: e.g. [alert_engine.observe]."""
+def create_worker(config: IngestConfig, observers: list | None = None, metrics=None) -> IngestWorker:
+    """A worker with its own ClickHouse client; observers: e.g. [alert_engine.observe];
+    metrics: a runwire.ingest.monitoring.PipelineMetrics to observe inserts into."""
     from runwire.storage.client import connect
     from runwire.storage.schema import migrate
     from runwire.storage.writer import StorageWriter
 
     client = connect(config.clickhouse_url, config.clickhouse_database)
     migrate(client, ttl_days=config.ttl_days)
-    return IngestWorker(config, StorageWriter(client), observers=observers)
+    return IngestWorker(config, StorageWriter(client), observers=observers, metrics=metrics)

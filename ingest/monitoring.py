@@ -115,7 +115,8 @@ def worker_source(workers: list) -> Callable[[], Iterable]:
             for (topic, partition), behind in dict(getattr(worker, "lag", {})).items():
                 lag.add_metric([topic, str(partition)], float(behind))
         yield _counter("runwire_ingest_records", "Kafka records by outcome: decoded, dead-lettered", "outcome",
-                       {"decoded": totals.get("records", 0), "dead_lettered": totals.get("dead_letters", 0)})
+                       {"decoded": totals.get("records", 0) - totals.get("dead_letters", 0),
+                        "dead_lettered": totals.get("dead_letters", 0)})
         yield _counter("runwire_ingest_inserts", "ClickHouse inserts by outcome", "outcome",
                        {"ok": totals.get("inserts", 0), "retried": totals.get("retries", 0),
                         "rejected_rows": totals.get("rejected", 0)})

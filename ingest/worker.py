@@ -165,11 +165,11 @@ class IngestWorker:
                 for partition_records in polled.values():
                     for record in partition_records:
                         self._take(record)
-                self._note_lag(polled)
                         if self._batch.full(self.config.batch_rows):
                             # Full: wait for the previous insert, so at most two batches are held.
                             self._finish_inflight(wait=True)
                             self._start_insert()
+                self._note_lag(polled)
                 self._finish_inflight(wait=False)
                 # Due by time, the batch goes when the inserter is free; until then it keeps
                 # filling (fewer, larger inserts while ClickHouse is the bottleneck).

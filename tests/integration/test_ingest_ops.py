@@ -24,7 +24,7 @@ from runwire.ingest.worker import IngestConfig, create_worker
 from runwire.proto import telemetry_pb2 as pb
 from runwire.proto.contract import METRICS, PUBLISH_METHOD
 from runwire.run import Run
-from runwire.storage.client import connect, is_permanent
+from runwire.storage.client import connect
 from runwire.storage.schema import migrate
 
 pytestmark = [pytest.mark.infra, pytest.mark.timeout(240)]
@@ -118,8 +118,9 @@ def test_unreachable_broker_is_reported_and_emitters_refused_until_it_is_up(tmp_
 
 
 @pytest.fixture
-def ingest(kafka_bootstrap, clickhouse_url):
+def ingest(caplog, kafka_bootstrap, clickhouse_url):
     """A worker on unique topics, group and database; yields (config, worker, ClickHouse client)."""
+    caplog.set_level("WARNING", logger="kafka.coordinator")
     suffix = uuid.uuid4().hex[:8]
     config = IngestConfig.from_settings(kafka_bootstrap=kafka_bootstrap, clickhouse_url=clickhouse_url,
                                         clickhouse_database=f"ops_{suffix}", topic_prefix=f"o{suffix}.",
@@ -181,7 +182,7 @@ def test_records_that_bypass_the_gateway_are_validated_again(ingest, kafka_boots
 # -- partitions a worker learns about after it joined -----------------------------------------
 
 
-def test_a_worker_picks_up_partitions_that_appear_after_it_joined(ingest, kafka_bootstrap):
+def test_a_worker_picks_up_partitions_that_appear_after_it_joined(caplog, ingest, kafka_bootstrap):
     """A member that joined before a topic's partitions were visible to it was assigned nothing
     for them until its next metadata refresh (kafka-python's default: 5 minutes)."""
     config, worker, client = ingest
@@ -206,6 +207,10 @@ def test_a_worker_picks_up_partitions_that_appear_after_it_joined(ingest, kafka_
         admin.close()
     produce("later", 1)
     assert wait_until(lambda: stored_points(client, "later") == 1, 30), "partition 1 was never assigned"
+    # ... and at start-up the worker had every partition's metadata before it joined.
+    unassigned = [r.getMessage() for phase in ("setup", "call") for r in caplog.get_records(phase)
+                  if "No partition metadata" in r.getMessage()]
+    assert unassigned == []
 
 
 # -- direct mode -------------------------------------------------------------------------------
@@ -241,6 +246,8 @@ def test_direct_mode_applies_ttl_days_and_feeds_observers_given_at_construction(
 def test_clickhouse_errors_are_classified_by_their_server_code_not_their_text(clickhouse_url, fresh_database):
     """Bad data is permanent even when the message carries no 'Code: N.' (show_clickhouse_errors
     off), and an unreachable server is not, whatever its message says."""
+    from runwire.storage.client import is_permanent
+
     for show in (True, False):
         client = clickhouse_connect.get_client(dsn=clickhouse_url, database=fresh_database,
                                                show_clickhouse_errors=show)

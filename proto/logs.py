@@ -22,10 +22,9 @@ CONNECTION_CHATTER = ("kafka.net",)
 
 def setup_logging(verbose: bool = False) -> None:
     """Log to stderr: runwire at INFO (DEBUG and every library at DEBUG with `verbose`)."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=FORMAT)
-    if verbose:
-        return
+    logging.basicConfig(format=FORMAT)  # a stderr handler, unless the root logger has one
+    logging.getLogger().setLevel(logging.DEBUG if verbose else logging.INFO)
     for name in THIRD_PARTY:
-        logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)
     for name in CONNECTION_CHATTER:
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.CRITICAL)

@@ -69,7 +69,7 @@ def test_unreachable_broker_is_reported_and_emitters_refused_until_it_is_up(tmp_
     kafka_port = free_port()
     bootstrap = f"127.0.0.1:{kafka_port}"
     gateway = subprocess.Popen(
-        [sys.executable, "-m", "runwire.cli", "gateway", "--kafka-bootstrap", bootstrap, "--listen", "127.0.0.1:0"],
+        [sys.executable, "-m", "runwire.deploy.cli", "gateway", "--kafka-bootstrap", bootstrap, "--listen", "127.0.0.1:0"],
         env=dict(os.environ, RUNWIRE_TOPIC_PREFIX=f"u{uuid.uuid4().hex[:8]}."),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []

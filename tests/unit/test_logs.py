@@ -1,5 +1,5 @@
-"""The commands' logging: runwire's own messages at INFO, the libraries' only when something is
-wrong (all of it with --verbose), and an install without pages of setuptools warnings."""
+"""The commands' logging: the libraries speak only when something is wrong (all of it with
+--verbose), and an install without pages of setuptools warnings."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from runwire.proto.logs import CONNECTION_CHATTER, THIRD_PARTY, setup_logging
+from runwire.deploy.cli import THIRD_PARTY_LOGGERS, configure_logging
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,7 +21,7 @@ def clean_logging():
     """Restore the root handlers and the library loggers' levels after the test."""
     root = logging.getLogger()
     saved = (root.level, list(root.handlers))
-    names = THIRD_PARTY + CONNECTION_CHATTER + ("runwire",)
+    names = THIRD_PARTY_LOGGERS + ("kafka.net", "runwire")
     levels = {name: logging.getLogger(name).level for name in names}
     root.handlers = []
     yield
@@ -32,8 +32,7 @@ def clean_logging():
 
 
 def test_libraries_log_only_warnings_unless_verbose(clean_logging):
-    setup_logging(verbose=False)
-    assert logging.getLogger("runwire.gateway").isEnabledFor(logging.INFO)
+    configure_logging(verbose=False)
     for name in ("kafka.producer.kafka", "grpc._server", "urllib3.connectionpool", "clickhouse_connect.driver"):
         assert not logging.getLogger(name).isEnabledFor(logging.INFO), name
         assert logging.getLogger(name).isEnabledFor(logging.WARNING), name
@@ -42,8 +41,8 @@ def test_libraries_log_only_warnings_unless_verbose(clean_logging):
 
 
 def test_verbose_shows_everything(clean_logging):
-    setup_logging(verbose=True)
-    for name in ("runwire.ingest", "kafka.net.manager", "grpc._server"):
+    configure_logging(verbose=True)
+    for name in ("kafka.net.manager", "grpc._server"):
         assert logging.getLogger(name).isEnabledFor(logging.DEBUG), name
 
 

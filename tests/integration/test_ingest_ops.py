@@ -266,3 +266,62 @@ def test_clickhouse_errors_are_classified_by_their_server_code_not_their_text(cl
     with pytest.raises(Exception) as down:
         clickhouse_connect.get_client(host="127.0.0.1", port=free_port(), connect_timeout=2)
     assert not is_permanent(down.value)
+
+
+# -- bad data: the shared write path isolates it, in both shells --------------------------------
+
+
+def poison(client) -> None:
+    """A CHECK constraint makes ClickHouse reject one run's rows as bad data (VIOLATED_CONSTRAINT)."""
+    client.command("ALTER TABLE metrics ADD CONSTRAINT no_poison CHECK run_id != 'poisoned'")
+
+
+def test_direct_mode_rejects_only_the_envelopes_clickhouse_refuses(clickhouse_url):
+    database = f"direct_{uuid.uuid4().hex[:8]}"
+    config = GatewayConfig.from_settings(listen="127.0.0.1:0", mode="direct", clickhouse_url=clickhouse_url,
+                                         clickhouse_database=database)
+    gateway = create_gateway(config).start()
+    client = connect(clickhouse_url, database)
+    try:
+        poison(client)
+        with grpc.insecure_channel(gateway.address) as channel:
+            publish = channel.unary_unary(PUBLISH_METHOD)
+            # Sent at once, so they share inserts: a bad envelope must not take the others down.
+            runs = ["good-1", "poisoned", "good-2", "poisoned", "good-3"]
+            calls = [publish.future(metric_envelope(seq=i + 1, run_id=run_id, steps=range(10)).SerializeToString(),
+                                    timeout=60) for i, run_id in enumerate(runs)]
+            outcomes = []
+            for call in calls:
+                try:
+                    outcomes.append(pb.Ack.FromString(call.result()).code)
+                except grpc.RpcError as exc:
+                    outcomes.append(exc.code().name)
+                    assert "ClickHouse" in exc.details() or "VIOLATED_CONSTRAINT" in exc.details(), exc.details()
+        assert outcomes == ["OK", "INVALID_ARGUMENT", "OK", "INVALID_ARGUMENT", "OK"]
+        for run_id in ("good-1", "good-2", "good-3"):
+            assert stored_points(client, run_id) == 10
+        assert stored_points(client, "poisoned") == 0
+    finally:
+        gateway.stop()
+        client.command(f"DROP DATABASE IF EXISTS {database}")
+        client.close()
+
+
+def test_the_worker_dead_letters_only_the_records_clickhouse_refuses(ingest, kafka_bootstrap):
+    config, worker, client = ingest
+    poison(client)
+    topic = f"{config.topic_prefix}{METRICS}"
+    now = time.time_ns()
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    for i, run_id in enumerate(["good-1", "poisoned", "good-2"]):
+        producer.send(topic, value=codec.encode_envelope(metric_envelope(seq=i + 1, run_id=run_id, steps=range(10)),
+                                                         now)[2])
+    producer.flush(30)
+    producer.close()
+    assert wait_until(lambda: stored_points(client, "good-2") == 10, 60)
+    assert stored_points(client, "good-1") == 10 and stored_points(client, "poisoned") == 0
+    (letter,) = dead_letters(kafka_bootstrap, f"{config.topic_prefix}deadletter", 1)
+    reason = dict(letter.headers)["runwire.reason"].decode()
+    assert reason.startswith("ClickHouse rejected the record") and "VIOLATED_CONSTRAINT" in reason, reason
+    kind, record = codec.decode(letter.value)  # the record itself, re-encoded, for a replay after the fix
+    assert (kind, record["run_id"], len(record["values"])) == (METRICS, "poisoned", 10)

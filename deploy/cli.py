@@ -18,6 +18,23 @@ looks like one gets a warning.
 Exit status: 0 success; 1 a runtime failure (a server cannot be reached, a write failed);
 2 a usage error (bad arguments, settings, filter or run id)."""
 
+# Loud at INFO, and about things runwire reports in its own words.
+THIRD_PARTY_LOGGERS = ("kafka", "grpc", "urllib3", "clickhouse_connect", "chdb", "asyncio", "uvicorn")
+
+
+def configure_logging(verbose: bool) -> None:
+    """runwire's own messages at INFO (DEBUG with --verbose); other libraries' at WARNING unless
+    --verbose, so a command's output is runwire's."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in THIRD_PARTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    # kafka-python logs every attempt to reach a broker at WARNING and ERROR, several lines a
+    # second while one is down; runwire reports an unreachable broker itself, once, with its
+    # address and what to do.
+    logging.getLogger("kafka.net").setLevel(logging.DEBUG if verbose else logging.CRITICAL)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from runwire import commands as emitter_commands
     from runwire.deploy import commands as deploy_commands
@@ -26,8 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="runwire", description="Telemetry pipeline for ML training runs.",
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="log at DEBUG level, with the libraries' own logs (kafka, grpc, clickhouse)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level, other libraries too")
     sub = parser.add_subparsers(dest="command", required=True)
     deploy_commands.register(sub)
     ingest_commands.register(sub)
@@ -37,10 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from runwire.proto.logs import setup_logging
-
     args = build_parser().parse_args(argv)  # argparse itself exits 2 on a usage error
-    setup_logging(args.verbose)
+    configure_logging(args.verbose)
     try:
         return args.func(args)
     except (ConfigError, UsageError) as exc:

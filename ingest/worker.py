@@ -2,8 +2,10 @@
 
 Offsets are committed only after ClickHouse accepted every record polled before the commit, so
 a crash replays, never skips; storage's replacing keys make the replay harmless. A record that
-cannot be decoded, or that ClickHouse rejects as bad data, goes to the dead-letter topic with
-the reason, and the rest flows on.
+cannot be decoded, breaks the gateway's validation rules (it may not have come through a
+gateway), is a null tombstone, or that ClickHouse rejects as bad data, goes to the dead-letter
+topic with the reason, and the rest flows on. Batching, observers and retries are the shared
+write path's (runwire.ingest.batch_writer).
 """
 
 from __future__ import annotations
@@ -117,8 +119,8 @@ class IngestWorker:
         self.counters = self.core.counters
         self.counters.update(records=0, dead_letters=0)
         subscribed = [self.topics[k] for k in codec.KINDS]
-        # Topics exist and their metadata is visible before we join the group: a member that
-        # joins without it is assigned nothing until its next metadata refresh.
+        # Topics exist, with leaders, and are in our consumer's metadata before it joins the
+        # group: a member that joins without them is assigned nothing until a metadata refresh.
         ensure_topics(config.kafka_bootstrap, config.topic_prefix, config.topic_partitions, config.topic_replication)
         self.producer = make_producer(config.kafka_bootstrap, client_id="runwire-ingest-dlq")
         self.consumer = KafkaConsumer(

@@ -25,6 +25,7 @@ PERMANENT_CODES = frozenset({
     117,  # INCORRECT_DATA
     131,  # TOO_LARGE_STRING_SIZE
     321,  # VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
+    469,  # VIOLATED_CONSTRAINT: a CHECK an operator added to a table
 })
 
 

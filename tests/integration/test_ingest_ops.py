@@ -24,7 +24,7 @@ from runwire.ingest.worker import IngestConfig, create_worker
 from runwire.proto import telemetry_pb2 as pb
 from runwire.proto.contract import METRICS, PUBLISH_METHOD
 from runwire.run import Run
-from runwire.storage.client import connect, is_permanent
+from runwire.storage.client import connect
 from runwire.storage.schema import migrate
 
 pytestmark = [pytest.mark.infra, pytest.mark.timeout(240)]
@@ -69,7 +69,7 @@ def test_unreachable_broker_is_reported_and_emitters_refused_until_it_is_up(tmp_
     kafka_port = free_port()
     bootstrap = f"127.0.0.1:{kafka_port}"
     gateway = subprocess.Popen(
-        [sys.executable, "-m", "runwire.cli", "gateway", "--kafka-bootstrap", bootstrap, "--listen", "127.0.0.1:0"],
+        [sys.executable, "-m", "runwire.deploy.cli", "gateway", "--kafka-bootstrap", bootstrap, "--listen", "127.0.0.1:0"],
         env=dict(os.environ, RUNWIRE_TOPIC_PREFIX=f"u{uuid.uuid4().hex[:8]}."),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
@@ -118,8 +118,9 @@ def test_unreachable_broker_is_reported_and_emitters_refused_until_it_is_up(tmp_
 
 
 @pytest.fixture
-def ingest(kafka_bootstrap, clickhouse_url):
+def ingest(caplog, kafka_bootstrap, clickhouse_url):
     """A worker on unique topics, group and database; yields (config, worker, ClickHouse client)."""
+    caplog.set_level("INFO", logger="kafka.coordinator")
     suffix = uuid.uuid4().hex[:8]
     config = IngestConfig.from_settings(kafka_bootstrap=kafka_bootstrap, clickhouse_url=clickhouse_url,
                                         clickhouse_database=f"ops_{suffix}", topic_prefix=f"o{suffix}.",
@@ -181,7 +182,7 @@ def test_records_that_bypass_the_gateway_are_validated_again(ingest, kafka_boots
 # -- partitions a worker learns about after it joined -----------------------------------------
 
 
-def test_a_worker_picks_up_partitions_that_appear_after_it_joined(ingest, kafka_bootstrap):
+def test_a_worker_picks_up_partitions_that_appear_after_it_joined(caplog, ingest, kafka_bootstrap):
     """A member that joined before a topic's partitions were visible to it was assigned nothing
     for them until its next metadata refresh (kafka-python's default: 5 minutes)."""
     config, worker, client = ingest
@@ -205,7 +206,13 @@ def test_a_worker_picks_up_partitions_that_appear_after_it_joined(ingest, kafka_
     finally:
         admin.close()
     produce("later", 1)
-    assert wait_until(lambda: stored_points(client, "later") == 1, 30), "partition 1 was never assigned"
+    # Within a minute on a busy machine; kafka-python's default metadata age alone took 5.
+    assert wait_until(lambda: stored_points(client, "later") == 1, 60), \
+        ["partition 1 was never assigned"] + [r.getMessage() for r in caplog.records if r.name.startswith("kafka.co")]
+    # ... and at start-up the worker had every partition's metadata before it joined.
+    unassigned = [r.getMessage() for phase in ("setup", "call") for r in caplog.get_records(phase)
+                  if "No partition metadata" in r.getMessage()]
+    assert unassigned == []
 
 
 # -- direct mode -------------------------------------------------------------------------------
@@ -241,6 +248,8 @@ def test_direct_mode_applies_ttl_days_and_feeds_observers_given_at_construction(
 def test_clickhouse_errors_are_classified_by_their_server_code_not_their_text(clickhouse_url, fresh_database):
     """Bad data is permanent even when the message carries no 'Code: N.' (show_clickhouse_errors
     off), and an unreachable server is not, whatever its message says."""
+    from runwire.storage.client import is_permanent
+
     for show in (True, False):
         client = clickhouse_connect.get_client(dsn=clickhouse_url, database=fresh_database,
                                                show_clickhouse_errors=show)
@@ -257,3 +266,62 @@ def test_clickhouse_errors_are_classified_by_their_server_code_not_their_text(cl
     with pytest.raises(Exception) as down:
         clickhouse_connect.get_client(host="127.0.0.1", port=free_port(), connect_timeout=2)
     assert not is_permanent(down.value)
+
+
+# -- bad data: the shared write path isolates it, in both shells --------------------------------
+
+
+def poison(client) -> None:
+    """A CHECK constraint makes ClickHouse reject one run's rows as bad data (VIOLATED_CONSTRAINT)."""
+    client.command("ALTER TABLE metrics ADD CONSTRAINT no_poison CHECK run_id != 'poisoned'")
+
+
+def test_direct_mode_rejects_only_the_envelopes_clickhouse_refuses(clickhouse_url):
+    database = f"direct_{uuid.uuid4().hex[:8]}"
+    config = GatewayConfig.from_settings(listen="127.0.0.1:0", mode="direct", clickhouse_url=clickhouse_url,
+                                         clickhouse_database=database)
+    gateway = create_gateway(config).start()
+    client = connect(clickhouse_url, database)
+    try:
+        poison(client)
+        with grpc.insecure_channel(gateway.address) as channel:
+            publish = channel.unary_unary(PUBLISH_METHOD)
+            # Sent at once, so they share inserts: a bad envelope must not take the others down.
+            runs = ["good-1", "poisoned", "good-2", "poisoned", "good-3"]
+            calls = [publish.future(metric_envelope(seq=i + 1, run_id=run_id, steps=range(10)).SerializeToString(),
+                                    timeout=60) for i, run_id in enumerate(runs)]
+            outcomes = []
+            for call in calls:
+                try:
+                    outcomes.append(pb.Ack.FromString(call.result()).code)
+                except grpc.RpcError as exc:
+                    outcomes.append(exc.code().name)
+                    assert "ClickHouse" in exc.details() or "VIOLATED_CONSTRAINT" in exc.details(), exc.details()
+        assert outcomes == ["OK", "INVALID_ARGUMENT", "OK", "INVALID_ARGUMENT", "OK"]
+        for run_id in ("good-1", "good-2", "good-3"):
+            assert stored_points(client, run_id) == 10
+        assert stored_points(client, "poisoned") == 0
+    finally:
+        gateway.stop()
+        client.command(f"DROP DATABASE IF EXISTS {database}")
+        client.close()
+
+
+def test_the_worker_dead_letters_only_the_records_clickhouse_refuses(ingest, kafka_bootstrap):
+    config, worker, client = ingest
+    poison(client)
+    topic = f"{config.topic_prefix}{METRICS}"
+    now = time.time_ns()
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    for i, run_id in enumerate(["good-1", "poisoned", "good-2"]):
+        producer.send(topic, value=codec.encode_envelope(metric_envelope(seq=i + 1, run_id=run_id, steps=range(10)),
+                                                         now)[2])
+    producer.flush(30)
+    producer.close()
+    assert wait_until(lambda: stored_points(client, "good-2") == 10, 60)
+    assert stored_points(client, "good-1") == 10 and stored_points(client, "poisoned") == 0
+    (letter,) = dead_letters(kafka_bootstrap, f"{config.topic_prefix}deadletter", 1)
+    reason = dict(letter.headers)["runwire.reason"].decode()
+    assert reason.startswith("ClickHouse rejected the record") and "VIOLATED_CONSTRAINT" in reason, reason
+    kind, record = codec.decode(letter.value)  # the record itself, re-encoded, for a replay after the fix
+    assert (kind, record["run_id"], len(record["values"])) == (METRICS, "poisoned", 10)

@@ -130,3 +130,38 @@ def test_every_metric_on_the_pipeline_dashboard_is_served(pipeline):
         assert names, expr
         for name in names:
             assert name in served, (name, expr)
+
+
+def test_status_shows_every_component_and_fails_when_one_is_down(pipeline, kafka_bootstrap, clickhouse_url, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import runwire
+
+    gateway, worker, metrics, config, client = pipeline
+    run = runwire.init(project="mon", gateway=gateway.address, gpu=False, spool_dir=str(tmp_path / "spool"))
+    run.log({"loss": 1.0}, step=1)
+    run.finish()
+    wait_until(lambda: client.query("SELECT count() FROM metrics FINAL").result_rows[0][0] == 1)
+    env = dict(os.environ, RUNWIRE_GATEWAY=gateway.address, RUNWIRE_KAFKA_BOOTSTRAP=kafka_bootstrap,
+               RUNWIRE_CLICKHOUSE_URL=clickhouse_url, RUNWIRE_CLICKHOUSE_DATABASE=config.clickhouse_database,
+               RUNWIRE_TOPIC_PREFIX=config.topic_prefix, RUNWIRE_GROUP_ID=config.group_id)
+
+    def status():
+        return subprocess.run([sys.executable, "-m", "runwire.deploy.cli", "status"], capture_output=True, text=True,
+                              timeout=120, env=env)
+
+    healthy = wait_until(lambda: (lambda done: done if done.returncode == 0 else None)(status()), timeout=60)
+    assert healthy, status().stdout
+    lines = {line.split()[1]: line for line in healthy.stdout.splitlines()}
+    assert set(lines) == {"gateway", "kafka", "ingest", "clickhouse"}
+    assert "SERVING" in lines["gateway"] and f"{config.topic_prefix}metrics: 2 partitions" in lines["kafka"]
+    assert "records not yet stored: metrics 0" in lines["ingest"]
+    newest = max(int(p.name[:4]) for p in (Path(__file__).resolve().parents[2] / "storage" / "migrations").glob("*.sql"))
+    assert f"schema {newest} of {newest}" in lines["clickhouse"]
+
+    gateway.stop(grace=0.5)
+    down = status()
+    assert down.returncode == 1 and "Traceback" not in down.stderr
+    assert next(line for line in down.stdout.splitlines() if " gateway " in line).startswith("BAD")

@@ -39,7 +39,7 @@ lint-imports: install
 
 # The property-based tests with many more examples than `make test` runs.
 fuzz: install
-	HYPOTHESIS_PROFILE=long $(PYTHON) -m pytest tests/unit/test_properties.py -ra $(PYTEST_ARGS)
+	HYPOTHESIS_PROFILE=long $(PYTHON) -m pytest tests/unit/test_properties.py tests/unit/test_gateway_fuzz.py -ra $(PYTEST_ARGS)
 
 test-unit: install
 	$(PYTHON) -m pytest tests/unit -ra $(PYTEST_ARGS)

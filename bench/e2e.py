@@ -209,6 +209,10 @@ def bench_pipeline(args) -> dict:
         "dropped_calls_in_emitters": sum(s["dropped_calls"] for s in summaries),
         "bytes_per_point": round(disk[0] / disk[1], 2) if disk[1] else None,
         "cpu_seconds": cpu, "cpu_share": {k: round(v / caught_up / (os.cpu_count() or 1), 3) for k, v in cpu.items()},
+        # CPU-microseconds each component spent per stored point; the server side is all but the ranks.
+        "cpu_us_per_point": {k: round(v * 1e6 / distinct, 3) for k, v in cpu.items()} if distinct else {},
+        "server_cpu_us_per_point": round(sum(v for k, v in cpu.items() if k != "ranks") * 1e6 / distinct, 3)
+        if distinct else None,
     }
 
 

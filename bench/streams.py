@@ -1,159 +1,210 @@
-"""How many emitter streams one gateway holds: S concurrent streams (one gRPC channel each, as
-S training processes would open, spread over client processes) against one `runwire gateway`
-process writing to a real Kafka broker, each sending an envelope of 100 points per second for
-D seconds.
+"""How many emitter streams one gateway process holds: S concurrent streams (one gRPC channel
+each, as S training processes would open) against one `runwire gateway` process writing to a
+real Kafka broker, each sending an envelope of 100 points per second for D seconds. The load
+comes from asyncio client processes that multiplex many channels each, so the clients are not
+the bottleneck; the asyncio gateway is measured at every S and the thread-per-stream gateway
+(`--server threads`) at the first S, in the same run, for the ratio.
 
     python bench/streams.py --out build/bench/streams.json          (make bench-streams)
 
-Reported: streams that delivered everything, streams refused (RESOURCE_EXHAUSTED: more than
-the gateway's max_streams), envelope acknowledgement latency p50/p99, and the gateway
-process's peak threads, peak resident memory and CPU share.
+JSON: `results: [{gateway, streams, ack_p50_s, ack_p99_s, delivered, lost, refused,
+gateway_rss_mb, gateway_cpu_share, ...}]`. delivered: envelopes acknowledged OK (the gateway
+acknowledges after Kafka did; the topic's end offsets are checked to have grown by at least
+that much); lost: envelopes sent and never acknowledged.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
-import threading
+import tempfile
 import time
 from pathlib import Path
 
 from common import drain, percentile, start_cli, wait_line
 
 
-def stream_client(address: str, index: int, seconds: int, points: int, results: dict, lock: threading.Lock,
-                  start_at: float) -> None:
+async def one_stream(address: str, index: int, seconds: int, batch, start_at: float, stats: dict) -> None:
     import grpc
 
-    from runwire import wire
-    from runwire.proto.contract import STREAM_METHOD
     from runwire.proto import telemetry_pb2 as pb
+    from runwire.proto.contract import STREAM_METHOD
 
-    identity = pb.Identity(project="bench", run_id="streams", rank=index, world_size=100_000, host=f"node-{index // 8}",
-                           pid=index, stream_id=f"stream-{index}")
+    identity = pb.Identity(project="bench", run_id="streams", rank=index, world_size=100_000,
+                           host=f"node-{index // 8}", pid=index, stream_id=f"stream-{index}-{os.getpid()}")
     sent_at: dict[int, float] = {}
 
-    def envelopes():
-        time.sleep(max(0.0, start_at - time.time()))
+    async def envelopes():
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        next_at = time.monotonic()
         for seq in range(1, seconds + 1):
-            steps = list(range(seq * points, (seq + 1) * points))
-            env = pb.Envelope(seq=seq, identity=identity, metrics=wire.metric_batch(
-                ["loss"], [0] * points, steps, [time.time_ns()] * points, [1.0] * points))
+            payload = pb.Envelope(seq=seq, identity=identity, metrics=batch).SerializeToString()
             sent_at[seq] = time.perf_counter()
-            yield env.SerializeToString()
-            time.sleep(1.0)
+            stats["sent"] += 1
+            yield payload
+            next_at += 1.0
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
-    latencies, acked, answers = [], 0, {}
-    with grpc.insecure_channel(address) as channel:
+    acked = 0
+    # A connection of its own, as a training process has (channels in one process to the same
+    # address would otherwise share one HTTP/2 connection).
+    async with grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+        call = channel.stream_stream(STREAM_METHOD, response_deserializer=pb.Ack.FromString)(
+            envelopes(), timeout=seconds + 120)
         try:
-            call = channel.stream_stream(STREAM_METHOD, response_deserializer=pb.Ack.FromString)(
-                envelopes(), timeout=seconds + 60)
-            for ack in call:
+            async for ack in call:
                 if ack.code in ("", "OK"):
                     acked += 1
-                    latencies.append(time.perf_counter() - sent_at[ack.seq])
+                    stats["latencies"].append(time.perf_counter() - sent_at[ack.seq])
                 else:
-                    answers[ack.code] = answers.get(ack.code, 0) + 1
+                    stats["not_ok"][ack.code] = stats["not_ok"].get(ack.code, 0) + 1
             outcome = "ok" if acked == seconds else "incomplete"
-        except grpc.RpcError as exc:
+        except grpc.aio.AioRpcError as exc:
             outcome = exc.code().name
-    with lock:
-        results["outcomes"][outcome] = results["outcomes"].get(outcome, 0) + 1
-        results["latencies"].extend(latencies)
-        for code, n in answers.items():
-            results["not_ok_answers"][code] = results["not_ok_answers"].get(code, 0) + n
+            stats["errors"][exc.details()] = stats["errors"].get(exc.details(), 0) + 1
+    stats["acked"] += acked
+    stats["outcomes"][outcome] = stats["outcomes"].get(outcome, 0) + 1
+
+
+async def client_streams(address: str, first: int, count: int, seconds: int, points: int, start_at: float) -> dict:
+    from runwire import wire
+
+    batch = wire.metric_batch(["loss"], [0] * points, list(range(points)), [time.time_ns()] * points, [1.0] * points)
+    stats: dict = {"outcomes": {}, "latencies": [], "not_ok": {}, "sent": 0, "acked": 0, "errors": {}}
+    await asyncio.gather(*(one_stream(address, first + i, seconds, batch, start_at, stats) for i in range(count)))
+    return stats
 
 
 def client_main(args) -> None:
-    """One client process: COUNT streams, from index FIRST, sending from START_AT (epoch s)."""
-    address, first, count, start_at = args.client[0], int(args.client[1]), int(args.client[2]), float(args.client[3])
-    results: dict = {"outcomes": {}, "latencies": [], "not_ok_answers": {}}
-    lock = threading.Lock()
-    threads = [threading.Thread(target=stream_client, daemon=True,
-                                args=(address, first + i, args.seconds, args.points, results, lock, start_at))
-               for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    print(json.dumps(results), flush=True)
+    """One client process: COUNT streams from index FIRST, sending from START_AT (epoch s); its
+    figures go to the file OUT (too large for a pipe nobody reads until the end)."""
+    address, first, count, start_at, out = args.client
+    stats = asyncio.run(client_streams(address, int(first), int(count), args.seconds, args.points, float(start_at)))
+    Path(out).write_text(json.dumps(stats))
+
+
+def topic_end_offset(bootstrap: str, topic: str) -> int:
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        return sum(consumer.end_offsets(partitions).values()) if partitions else 0
+    finally:
+        consumer.close()
+
+
+def measure(kafka_bootstrap: str, server: str, streams: int, args) -> dict:
+    import psutil
+
+    from runwire.deploy.local.kafka import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    env = dict(os.environ, RUNWIRE_KAFKA_BOOTSTRAP=kafka_bootstrap, RUNWIRE_MAX_STREAMS=str(args.max_streams),
+               RUNWIRE_SERVER=server)
+    gateway = start_cli(["gateway", "--listen", address], env)
+    try:
+        wait_line(gateway, "listening on")
+        drain(gateway)
+        offset_before = topic_end_offset(kafka_bootstrap, "runwire.metrics")
+        process = psutil.Process(gateway.pid)
+        cpu_before = sum(process.cpu_times()[:2])
+        # Every stream opens first; all start sending at the same moment.
+        start_at = time.time() + 5 + streams / 250
+        processes = args.client_processes or max(2, -(-streams // 1000))
+        per_process = -(-streams // processes)
+        outputs = [Path(tempfile.mkdtemp(prefix="bench-streams-")) / f"client-{first}.json"
+                   for first in range(0, streams, per_process)]
+        clients = [subprocess.Popen(
+            [sys.executable, __file__, "--client", address, str(first), str(min(per_process, streams - first)),
+             str(start_at), str(out), "--seconds", str(args.seconds), "--points", str(args.points)])
+            for first, out in zip(range(0, streams, per_process), outputs)]
+        peak_threads = peak_rss = 0
+        while time.time() < start_at:
+            peak_rss = max(peak_rss, process.memory_info().rss)
+            time.sleep(0.5)
+        started = time.perf_counter()
+        while any(c.poll() is None for c in clients):
+            peak_threads = max(peak_threads, process.num_threads())
+            peak_rss = max(peak_rss, process.memory_info().rss)
+            time.sleep(0.5)
+        elapsed = time.perf_counter() - started
+        cpu = sum(process.cpu_times()[:2]) - cpu_before
+        total: dict = {"outcomes": {}, "latencies": [], "not_ok": {}, "sent": 0, "acked": 0, "errors": {}}
+        for client, out in zip(clients, outputs):
+            if client.wait() != 0:
+                raise RuntimeError(f"a load client failed (exit {client.returncode})")
+            part = json.loads(out.read_text())
+            shutil.rmtree(out.parent, ignore_errors=True)
+            for key in ("outcomes", "not_ok", "errors"):
+                for name, n in part[key].items():
+                    total[key][name] = total[key].get(name, 0) + n
+            total["latencies"].extend(part["latencies"])
+            total["sent"] += part["sent"]
+            total["acked"] += part["acked"]
+        in_kafka = topic_end_offset(kafka_bootstrap, "runwire.metrics") - offset_before
+    finally:
+        gateway.terminate()
+        gateway.wait(60)
+    outcomes = total["outcomes"]
+    result = {
+        "gateway": server, "streams": streams,
+        "ack_p50_s": percentile(total["latencies"], 0.50), "ack_p99_s": percentile(total["latencies"], 0.99),
+        "delivered": total["acked"], "lost": total["sent"] - total["acked"],
+        "records_in_kafka": in_kafka, "refused": outcomes.get("RESOURCE_EXHAUSTED", 0),
+        "streams_complete": outcomes.get("ok", 0),
+        "streams_other": {k: v for k, v in outcomes.items() if k not in ("ok", "RESOURCE_EXHAUSTED")},
+        "answered_not_ok": total["not_ok"], "stream_errors": total["errors"],
+        "gateway_rss_mb": round(peak_rss / 2**20, 1), "gateway_threads": peak_threads,
+        "gateway_cpu_share": round(cpu / elapsed / (os.cpu_count() or 1), 3),
+        "client_processes": len(clients),
+    }
+    print(json.dumps(result), flush=True)
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--streams", type=int, default=1000)
+    parser.add_argument("--streams", type=int, nargs="+", default=[1000, 2500, 5000])
+    parser.add_argument("--servers", nargs="+", default=["aio"], help="gateway servers measured at every S")
+    parser.add_argument("--compare-threads-at", type=int, default=1000,
+                        help="also measure the thread-per-stream gateway at this S (0: not)")
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--points", type=int, default=100, help="points per envelope")
-    parser.add_argument("--max-streams", type=int, default=1024, help="the gateway's RUNWIRE_MAX_STREAMS")
-    parser.add_argument("--client-processes", type=int, default=10)
+    parser.add_argument("--max-streams", type=int, default=10_000, help="the gateway's RUNWIRE_MAX_STREAMS")
+    parser.add_argument("--client-processes", type=int, default=0, help="default: one per 1,000 streams, at least 2")
     parser.add_argument("--out", default="build/bench/streams.json")
-    parser.add_argument("--client", nargs=4, metavar=("ADDRESS", "FIRST", "COUNT", "START_AT"))
+    parser.add_argument("--client", nargs=5, metavar=("ADDRESS", "FIRST", "COUNT", "START_AT", "OUT"))
     args = parser.parse_args()
     if args.client:
         return client_main(args)
 
-    import psutil
+    from runwire.deploy.local.kafka import KafkaServer
 
-    from runwire.deploy.local.kafka import KafkaServer, free_port
-
+    runs = [(server, s) for s in args.streams for server in args.servers]
+    if args.compare_threads_at and "threads" not in args.servers:
+        runs.insert(0, ("threads", args.compare_threads_at))
     with KafkaServer() as kafka:
         kafka.start()
-        address = f"127.0.0.1:{free_port()}"
-        env = dict(os.environ, RUNWIRE_KAFKA_BOOTSTRAP=kafka.bootstrap, RUNWIRE_MAX_STREAMS=str(args.max_streams))
-        gateway = start_cli(["gateway", "--listen", address], env)
-        try:
-            wait_line(gateway, "listening on")
-            drain(gateway)
-            process = psutil.Process(gateway.pid)
-            cpu_before = sum(process.cpu_times()[:2])
-            # Every stream opens first; all start sending at the same moment.
-            start_at = time.time() + 5 + args.streams / 200
-            per_process = -(-args.streams // args.client_processes)
-            clients = [subprocess.Popen(
-                [sys.executable, __file__, "--client", address, str(first), str(min(per_process, args.streams - first)),
-                 str(start_at), "--seconds", str(args.seconds), "--points", str(args.points)],
-                stdout=subprocess.PIPE, text=True) for first in range(0, args.streams, per_process)]
-            time.sleep(max(0.0, start_at - time.time()))
-            started = time.perf_counter()
-            peak_threads = peak_rss = 0
-            while any(c.poll() is None for c in clients):
-                peak_threads = max(peak_threads, process.num_threads())
-                peak_rss = max(peak_rss, process.memory_info().rss)
-                time.sleep(0.5)
-            results: dict = {"outcomes": {}, "latencies": [], "not_ok_answers": {}}
-            for client in clients:
-                part = json.loads(client.communicate()[0].strip().splitlines()[-1])
-                for outcome, n in part["outcomes"].items():
-                    results["outcomes"][outcome] = results["outcomes"].get(outcome, 0) + n
-                results["latencies"].extend(part["latencies"])
-                for code, n in part["not_ok_answers"].items():
-                    results["not_ok_answers"][code] = results["not_ok_answers"].get(code, 0) + n
-            elapsed = time.perf_counter() - started
-            cpu = sum(process.cpu_times()[:2]) - cpu_before
-        finally:
-            gateway.terminate()
-            gateway.wait(60)
-
-    outcomes = results["outcomes"]
-    result = {
-        "machine": f"{platform.machine()} {os.cpu_count()} cores",
-        "streams": args.streams, "max_streams": args.max_streams, "seconds": args.seconds,
-        "points_per_envelope": args.points,
-        "streams_ok": outcomes.get("ok", 0), "streams_refused": outcomes.get("RESOURCE_EXHAUSTED", 0),
-        "streams_other": {k: v for k, v in outcomes.items() if k not in ("ok", "RESOURCE_EXHAUSTED")},
-        "envelopes_acked": len(results["latencies"]), "envelopes_answered_not_ok": results["not_ok_answers"],
-        "ack_latency_p50_s": percentile(results["latencies"], 0.50),
-        "ack_latency_p99_s": percentile(results["latencies"], 0.99),
-        "gateway_peak_threads": peak_threads, "gateway_peak_rss_mb": round(peak_rss / 2**20, 1),
-        "gateway_cpu_share": round(cpu / elapsed / (os.cpu_count() or 1), 3),
-    }
+        results = [measure(kafka.bootstrap, server, streams, args) for server, streams in runs]
+    ratios = {}
+    threads = next((r for r in results if r["gateway"] == "threads"), None)
+    aio = next((r for r in results if r["gateway"] == "aio" and threads and r["streams"] == threads["streams"]), None)
+    if threads and aio and aio["ack_p99_s"]:
+        ratios = {"streams": aio["streams"], "ack_p99_threads_over_aio": round(threads["ack_p99_s"] / aio["ack_p99_s"], 1),
+                  "cpu_threads_over_aio": round(threads["gateway_cpu_share"] / max(aio["gateway_cpu_share"], 1e-9), 2),
+                  "rss_threads_over_aio": round(threads["gateway_rss_mb"] / aio["gateway_rss_mb"], 2)}
+    out = {"machine": f"{platform.machine()} {os.cpu_count()} cores", "seconds": args.seconds,
+           "points_per_envelope": args.points, "results": results, "threads_vs_aio": ratios}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

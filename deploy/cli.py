@@ -29,6 +29,10 @@ def configure_logging(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in THIRD_PARTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    # kafka-python logs every attempt to reach a broker at WARNING and ERROR, several lines a
+    # second while one is down; runwire reports an unreachable broker itself, once, with its
+    # address and what to do.
+    logging.getLogger("kafka.net").setLevel(logging.DEBUG if verbose else logging.CRITICAL)
 
 
 def build_parser() -> argparse.ArgumentParser:

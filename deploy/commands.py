@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from runwire.proto.config import EXIT_OK
+import sys
+
+from runwire.proto.config import EXIT_FAILURE, EXIT_OK
 from runwire.storage.client import add_clickhouse_options
 
 
@@ -21,6 +23,14 @@ def register(subparsers) -> None:
     p.add_argument("--data-dir", default=None)
     p.set_defaults(func=cmd_up)
 
+    p = subparsers.add_parser("status", help="a deployment's health: gateway, Kafka topics, ingest lag, ClickHouse",
+                              description="Exit status 0 when every component is healthy, 1 otherwise.")
+    p.add_argument("--gateway", default=None, help="host:port (default $RUNWIRE_GATEWAY, else 127.0.0.1:50051)")
+    p.add_argument("--kafka-bootstrap", default=None, help="default $RUNWIRE_KAFKA_BOOTSTRAP")
+    add_clickhouse_options(p)
+    p.add_argument("--group-id", default=None, help="the ingest consumer group (default $RUNWIRE_GROUP_ID)")
+    p.set_defaults(func=cmd_status)
+
     p = subparsers.add_parser("migrate", help="create or upgrade the ClickHouse schema")
     add_clickhouse_options(p)
     p.add_argument("--ttl-days", type=int, default=None, help="raw time-series retention (0 removes it)")
@@ -30,10 +40,18 @@ def register(subparsers) -> None:
 def cmd_up(args) -> int:
     from runwire.deploy.local.stack import LocalStack
     from runwire.ingest.commands import wait_for_stop_signal
+    from runwire.ingest.gateway import ListenError
 
-    with LocalStack(data_dir=args.data_dir, kafka=args.kafka, gateway_listen=args.listen, alerts=True) as stack:
+    try:
+        stack = LocalStack(data_dir=args.data_dir, kafka=args.kafka, gateway_listen=args.listen, alerts=True).start()
+    except ListenError as exc:
+        print(f"runwire up: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
         print(stack.describe(), flush=True)
         wait_for_stop_signal()
+    finally:
+        stack.stop()
     return EXIT_OK
 
 
@@ -42,6 +60,17 @@ def cmd_demo(args) -> int:
 
     return run_demo(duration_s=args.duration, nodes=args.nodes, ranks_per_node=args.ranks_per_node,
                     data_dir=args.data_dir)
+
+
+def cmd_status(args) -> int:
+    from runwire.deploy.status import StatusConfig, build, collect, render
+
+    config = build(StatusConfig, {"gateway": args.gateway, "kafka_bootstrap": args.kafka_bootstrap,
+                                  "clickhouse_url": args.clickhouse_url, "clickhouse_database": args.database,
+                                  "group_id": args.group_id})
+    checks = collect(config)
+    print(render(checks))
+    return EXIT_OK if all(c.ok for c in checks) else EXIT_FAILURE
 
 
 def cmd_migrate(args) -> int:

@@ -30,6 +30,12 @@ MAGIC = b"\xc3\x01"
 METRIC_COLUMNS = {name: column.dtype for name, column in _METRIC_COLUMNS.items()}
 
 
+# Avro record name of each run event body (run_event.avsc's union) -> the Envelope oneof name.
+RUN_BODIES = {"runwire.v1.RunStart": "run_start", "runwire.v1.Params": "params",
+              "runwire.v1.Tags": "tags", "runwire.v1.RunEnd": "run_end"}
+_RUN_RECORD_NAMES = {body: name for name, body in RUN_BODIES.items()}
+
+
 class PoisonRecord(ValueError):
     """A Kafka record that can never be decoded; it belongs in the dead-letter topic."""
 
@@ -93,16 +99,16 @@ def to_record(envelope: pb.Envelope, received_ns: int) -> dict:
             record[name] = _pack(getattr(g, name), dtype)
     elif body == "run_start":
         s = envelope.run_start
-        record["body"] = ("runwire.v1.RunStart", {
+        record["body"] = (_RUN_RECORD_NAMES["run_start"], {
             "name": s.name, "start_time_ns": s.start_time_ns, "git_commit": s.git_commit,
             "params": dict(s.params), "tags": dict(s.tags), "launcher": s.launcher})
     elif body == "params":
-        record["body"] = ("runwire.v1.Params", {"params": dict(envelope.params.params)})
+        record["body"] = (_RUN_RECORD_NAMES["params"], {"params": dict(envelope.params.params)})
     elif body == "tags":
-        record["body"] = ("runwire.v1.Tags", {"tags": dict(envelope.tags.tags)})
+        record["body"] = (_RUN_RECORD_NAMES["tags"], {"tags": dict(envelope.tags.tags)})
     elif body == "run_end":
         e = envelope.run_end
-        record["body"] = ("runwire.v1.RunEnd", {
+        record["body"] = (_RUN_RECORD_NAMES["run_end"], {
             "end_time_ns": e.end_time_ns, "exit_code": e.exit_code, "summary": dict(e.summary)})
     else:
         raise ValueError(f"envelope has no body: {body!r}")
@@ -126,7 +132,9 @@ def encode_envelope(envelope: pb.Envelope, received_ns: int) -> tuple[str, bytes
 
 def decode(value: bytes | None) -> tuple[str, dict]:
     """(kind, record) of a Kafka record value; raises PoisonRecord with the reason."""
-    if value is None or len(value) < 10:
+    if value is None:
+        raise PoisonRecord("null value (a tombstone): runwire never writes one")
+    if len(value) < 10:
         raise PoisonRecord("record shorter than the Avro single-object header")
     if value[:2] != MAGIC:
         raise PoisonRecord(f"not Avro single-object encoding (first bytes {value[:2].hex()})")

@@ -3,16 +3,24 @@
 An envelope is acknowledged only once its sink has it durably: Kafka acknowledged the record
 (acks=all, idempotent producer) or ClickHouse accepted the insert. Requests arrive as raw bytes
 so a malformed protobuf gets INVALID_ARGUMENT instead of a framework error.
+
+The server is grpc.aio: every stream is a coroutine on one event loop, so a gateway carries
+thousands of streams without a thread each (the thread-per-stream server spent half the machine
+switching threads at 1,000 streams; bench/streams.py measures both). The loop only moves bytes:
+parsing, validation, Avro encoding and the sink's submit (KafkaProducer.send blocks while its
+buffer is full) run on one hand-off thread behind a bounded queue, and a full queue is answered
+RESOURCE_EXHAUSTED, which emitters retry. `server = "threads"` (RUNWIRE_SERVER) keeps the
+thread-per-stream server (runwire.ingest.threaded_gateway).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import queue
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import grpc
@@ -23,13 +31,10 @@ from runwire.proto.config import build, secret
 from runwire.ingest import codec
 from runwire.ingest.sinks import Sink
 from runwire.ingest.validate import InvalidEnvelope, validate
-from runwire.proto.contract import SERVICE_NAME
+from runwire.proto.contract import METRIC_COLUMNS, SERVICE_NAME
 from runwire.proto import telemetry_pb2 as pb
 
 log = logging.getLogger("runwire.gateway")
-
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-
 
 @dataclass(frozen=True)
 class GatewayConfig:
@@ -49,6 +54,9 @@ class GatewayConfig:
     max_streams: int = 1024                  # open streams (one per emitting process); beyond: RESOURCE_EXHAUSTED
     max_pending: int = 20000                 # envelopes awaiting their sink; beyond: RESOURCE_EXHAUSTED
     drain_timeout_s: float = 30.0            # how long a closing stream waits for its last acks
+    ttl_days: int | None = None              # direct mode: raw time-series retention; None leaves it as it is
+    server: str = "aio"                      # "aio" (one event loop) or "threads" (a thread per stream)
+    metrics_listen: str = ""                 # host:port serving Prometheus /metrics; empty: off
 
     def problems(self) -> list[str]:
         out = []
@@ -60,6 +68,8 @@ class GatewayConfig:
             out.append("clickhouse_url (RUNWIRE_CLICKHOUSE_URL) is required in direct mode")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             out.append("tls_cert_file and tls_key_file go together")
+        if self.server not in ("aio", "threads"):
+            out.append(f"server must be 'aio' or 'threads', not {self.server!r}")
         if self.max_pending < 1 or self.max_streams < 1:
             out.append("max_pending and max_streams must be >= 1")
         return out
@@ -69,40 +79,62 @@ class GatewayConfig:
         return build(cls, overrides)
 
 
-class _Abort:
+class ListenError(RuntimeError):
+    """The gateway cannot listen where it was asked to (the port is in use, the address is not local)."""
+
+
+class Abort(Exception):
+    """Ends the call with a gRPC status (malformed protobuf, a bad or foreign token)."""
+
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
         self.code, self.message = code, message
 
 
-_END = object()
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+def server_options(config: GatewayConfig) -> list[tuple[str, int]]:
+    """Both servers': refuse messages over the limit; let a second server on a port fail to bind
+    (gRPC sets SO_REUSEPORT by default: a second gateway would bind silently and take half the
+    streams); and let max_streams calls wait to be taken up. gRPC core holds at most 1,000 calls
+    that arrived before the server took them up (3,000 at most), and cancels the rest: when a
+    fleet's ranks reconnect at once, thousands of streams arrive together (measured:
+    bench/streams.py lost 20 % of 3,000 streams to CANCELLED with the defaults)."""
+    return [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.so_reuseport", 0),
+            ("grpc.server.max_pending_requests", config.max_streams),
+            ("grpc.server.max_pending_requests_hard_limit", 2 * config.max_streams)]
 
 
 class TelemetryService:
-    """The Telemetry service over a Sink. Holds no per-run state: every envelope is self-describing."""
+    """What the Telemetry service does with one envelope, whichever server runs it. Holds no
+    per-run state: every envelope is self-describing."""
 
-    def __init__(self, config: GatewayConfig, sink: Sink) -> None:
+    def __init__(self, config: GatewayConfig, sink: Sink, metrics=None) -> None:
         self.config = config
         self.sink = sink
+        self.metrics = metrics  # a runwire.ingest.monitoring.PipelineMetrics, or None
         self._pending = 0
         self._lock = threading.Lock()
-        self.counters = {"received": 0, "acked": 0, "rejected": 0, "failed": 0}
+        self.counters = {"received": 0, "acked": 0, "rejected": 0, "failed": 0, "busy": 0, "points_acked": 0,
+                         "points_rejected": 0, "points_failed": 0}
+        self.open_streams = 0
 
-    # -- authentication ---------------------------------------------------------------
-    def _allowed_projects(self, context) -> set[str] | None:
-        """Projects the caller's token is valid for; None when authentication is off."""
+    def allowed_projects(self, metadata) -> set[str] | None:
+        """Projects the caller's token is valid for; None when authentication is off. Raises
+        Abort(UNAUTHENTICATED) for a missing or unknown token."""
         if not self.config.tokens:
             return None
         token = ""
-        for key, value in context.invocation_metadata():
+        for key, value in metadata or ():
             if key == "authorization" and value.lower().startswith("bearer "):
                 token = value[7:].strip()
         allowed = {p for p, t in self.config.tokens.items() if token and hmac.compare_digest(t.encode(), token.encode())}
         if not allowed:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
+            raise Abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
         return allowed
 
-    # -- one envelope -----------------------------------------------------------------
-    def _accept(self, raw: bytes, allowed: set[str] | None, done) -> pb.Ack | _Abort | None:
+    def accept(self, raw: bytes, allowed: set[str] | None, done) -> pb.Ack | Abort | None:
         """Parse, check and hand one envelope to the sink. Returns an immediate answer, or None
         when `done(ack)` will be called once the sink has it."""
         self.counters["received"] += 1
@@ -110,30 +142,37 @@ class TelemetryService:
             envelope = pb.Envelope.FromString(raw)
         except DecodeError as exc:
             self.counters["rejected"] += 1
-            return _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed Envelope protobuf: {exc}")
+            return Abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed Envelope protobuf: {exc}")
+        points = _points(envelope)
         try:
             validate(envelope)
         except InvalidEnvelope as exc:
             self.counters["rejected"] += 1
+            self.counters["points_rejected"] += points
             return pb.Ack(seq=envelope.seq, code="INVALID_ARGUMENT", message=str(exc))
         if allowed is not None and envelope.identity.project not in allowed:
             self.counters["rejected"] += 1
-            return _Abort(grpc.StatusCode.UNAUTHENTICATED,
-                          f"token is not valid for project {envelope.identity.project!r}")
+            return Abort(grpc.StatusCode.UNAUTHENTICATED,
+                         f"token is not valid for project {envelope.identity.project!r}")
         with self._lock:
             if self._pending >= self.config.max_pending:
+                self.counters["busy"] += 1
                 return pb.Ack(seq=envelope.seq, code="RESOURCE_EXHAUSTED", message="gateway busy, retry")
             self._pending += 1
         seq = envelope.seq
+        started = time.perf_counter()
 
         def finished(error: Exception | None, code: str = "UNAVAILABLE") -> None:
             with self._lock:
                 self._pending -= 1
+                outcome = "acked" if error is None else "failed"
+                self.counters[outcome] += 1
+                self.counters["points_" + outcome] += points
+            if self.metrics is not None and error is None:
+                self.metrics.ack_latency.observe(time.perf_counter() - started)
             if error is None:
-                self.counters["acked"] += 1
                 done(pb.Ack(seq=seq, code="OK"))
             else:
-                self.counters["failed"] += 1
                 done(pb.Ack(seq=seq, code=code, message=str(error)[:500]))
 
         try:
@@ -144,114 +183,160 @@ class TelemetryService:
             finished(exc, "INTERNAL")
         return None
 
-    # -- RPCs -------------------------------------------------------------------------
-    def stream(self, request_iterator, context):
-        allowed = self._allowed_projects(context)
-        answers: queue.SimpleQueue = queue.SimpleQueue()
-        outstanding = _Counter()
+    def busy(self, raw: bytes) -> pb.Ack | Abort:
+        """The answer to an envelope that found the hand-off full."""
+        self.counters["received"] += 1
+        self.counters["busy"] += 1
+        try:
+            seq = pb.Envelope.FromString(raw).seq
+        except DecodeError as exc:
+            return Abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed Envelope protobuf: {exc}")
+        return pb.Ack(seq=seq, code="RESOURCE_EXHAUSTED", message="gateway busy, retry")
 
-        def done(ack: pb.Ack) -> None:
-            answers.put(ack)
-            outstanding.add(-1)
 
-        def read() -> None:
-            try:
-                for raw in request_iterator:
-                    outstanding.add(1)
-                    answer = self._accept(raw, allowed, done)
-                    if answer is not None:
-                        outstanding.add(-1)
-                        answers.put(answer)
-                        if isinstance(answer, _Abort):
-                            return
-            except Exception as exc:  # the client went away; nothing more to read
-                log.debug("stream reader ended: %r", exc)
-                answers.put(_END)
-                return
-            outstanding.wait_zero(self.config.drain_timeout_s)
-            answers.put(_END)
+def _points(envelope: pb.Envelope) -> int:
+    """Metric points or GPU samples in an envelope (for the health metrics)."""
+    body = envelope.WhichOneof("body")
+    if body == "metrics":
+        return len(envelope.metrics.values) // METRIC_COLUMNS["values"].size
+    if body == "gpu":
+        return len(envelope.gpu.gpu_ref)
+    return 0
 
-        threading.Thread(target=read, name="runwire-gateway-reader", daemon=True).start()
+
+def start_monitoring(config: GatewayConfig, service: TelemetryService):
+    """Serve the gateway's Prometheus metrics when config.metrics_listen is set; returns the
+    PipelineMetrics (or None)."""
+    if not config.metrics_listen:
+        return None
+    from runwire.ingest.monitoring import PipelineMetrics, gateway_source
+
+    metrics = PipelineMetrics()
+    metrics.add_source(gateway_source(service, lambda: service.open_streams))
+    service.metrics = metrics
+    port = metrics.serve(config.metrics_listen)
+    log.info("gateway metrics on http://%s:%d/metrics", config.metrics_listen.rpartition(":")[0], port)
+    return metrics
+
+
+def handlers(stream, publish) -> grpc.GenericRpcHandler:
+    """The Telemetry service's methods; requests arrive as raw bytes (see the module docstring)."""
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, {
+        "Stream": grpc.stream_stream_rpc_method_handler(stream, response_serializer=pb.Ack.SerializeToString),
+        "Publish": grpc.unary_unary_rpc_method_handler(publish, response_serializer=pb.Ack.SerializeToString),
+    })
+
+
+def bind(server, config: GatewayConfig) -> int:
+    """Bind `server` (sync or aio) to config.listen; ListenError with what to do when it cannot."""
+    try:
+        if config.tls_cert_file:
+            with open(config.tls_key_file, "rb") as key, open(config.tls_cert_file, "rb") as cert:
+                credentials = grpc.ssl_server_credentials([(key.read(), cert.read())])
+            port = server.add_secure_port(config.listen, credentials)
+        else:
+            port = server.add_insecure_port(config.listen)
+    except RuntimeError as exc:  # grpcio raises "Failed to bind to address ..."
+        port, why = 0, exc
+    else:
+        why = None
+    if port == 0:
+        raise ListenError(
+            f"cannot listen on {config.listen}: the port is in use (another runwire gateway or "
+            f"`runwire up`?) or the address is not on this machine. Stop the other server or choose "
+            f"another address with --listen (RUNWIRE_LISTEN); port 0 picks a free one.") from why
+    return port
+
+
+def log_started(config: GatewayConfig, address: str) -> None:
+    log.info("gateway listening on %s (mode %s, server %s, auth %s, tls %s)", address, config.mode, config.server,
+             "on" if config.tokens else "off", "on" if config.tls_cert_file else "off")
+    if config.tokens and not config.tls_cert_file:
+        log.warning("bearer tokens without TLS travel in plaintext: set tls_cert_file and tls_key_file")
+
+
+_READ_DONE = object()
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop, callback, *args) -> None:
+    """Run callback on the loop from another thread; a no-op once the gateway stopped (the call
+    it answered is gone, and the emitter resends what was not acknowledged)."""
+    try:
+        loop.call_soon_threadsafe(callback, *args)
+    except RuntimeError:  # the loop is closed
+        pass
+
+
+class _Handoff:
+    """Envelopes from the event loop to the thread that parses, validates, encodes and submits
+    them: the sink may block (a full producer buffer), the loop must not. Bounded, so a gateway
+    that falls behind answers RESOURCE_EXHAUSTED instead of growing without limit."""
+
+    def __init__(self, service: TelemetryService, size: int) -> None:
+        self.service = service
+        self._queue: queue.Queue = queue.Queue(maxsize=size)
+        self._thread = threading.Thread(target=self._run, name="runwire-gateway-handoff", daemon=True)
+        self._thread.start()
+
+    def offer(self, raw: bytes, allowed, done) -> bool:
+        try:
+            self._queue.put_nowait((raw, allowed, done))
+        except queue.Full:
+            return False
+        return True
+
+    def _run(self) -> None:
         while True:
-            item = answers.get()
-            if item is _END:
+            item = self._queue.get()
+            if item is None:
                 return
-            if isinstance(item, _Abort):
-                context.abort(item.code, item.message)
-            yield item
+            raw, allowed, done = item
+            try:
+                answer = self.service.accept(raw, allowed, done)
+            except Exception as exc:  # noqa: BLE001 - an answer for every envelope, whatever happens
+                log.exception("gateway hand-off failed")
+                answer = Abort(grpc.StatusCode.INTERNAL, f"gateway error: {exc}")
+            if answer is not None:
+                done(answer)
 
-    def publish(self, raw: bytes, context) -> pb.Ack:
-        allowed = self._allowed_projects(context)
-        result: list[pb.Ack] = []
-        finished = threading.Event()
-
-        def done(ack: pb.Ack) -> None:
-            result.append(ack)
-            finished.set()
-
-        answer = self._accept(raw, allowed, done)
-        if answer is None:
-            if not finished.wait(self.config.drain_timeout_s):
-                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "sink did not acknowledge in time")
-            answer = result[0]
-        if isinstance(answer, _Abort):
-            context.abort(answer.code, answer.message)
-        if answer.code not in ("OK", ""):
-            context.abort(getattr(grpc.StatusCode, answer.code, grpc.StatusCode.UNKNOWN), answer.message)
-        return answer
-
-    def handler(self) -> grpc.GenericRpcHandler:
-        return grpc.method_handlers_generic_handler(SERVICE_NAME, {
-            "Stream": grpc.stream_stream_rpc_method_handler(self.stream, response_serializer=pb.Ack.SerializeToString),
-            "Publish": grpc.unary_unary_rpc_method_handler(self.publish, response_serializer=pb.Ack.SerializeToString),
-        })
-
-
-class _Counter:
-    """Envelopes of one stream still waiting for their answer."""
-
-    def __init__(self) -> None:
-        self._n = 0
-        self._cond = threading.Condition()
-
-    def add(self, delta: int) -> None:
-        with self._cond:
-            self._n += delta
-            if self._n == 0:
-                self._cond.notify_all()
-
-    def wait_zero(self, timeout: float) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: self._n == 0, timeout)
+    def close(self) -> None:
+        self._queue.put(None)  # after everything already offered
+        self._thread.join(timeout=30)
 
 
 class Gateway:
-    """A running gateway: the gRPC server, the health service and the sink."""
+    """A running gateway: the grpc.aio server on its own event loop thread, the health service,
+    the hand-off thread and the sink. start()/stop() are called from ordinary threads."""
 
     def __init__(self, config: GatewayConfig, sink: Sink) -> None:
         self.config = config
         self.sink = sink
         self.service = TelemetryService(config, sink)
-        # A stream holds a server thread for its whole life (plus a reader thread). Calls beyond
-        # max_streams are refused with RESOURCE_EXHAUSTED at once (emitters back off and retry;
-        # a load balancer's health check sees a full gateway) instead of queueing unanswered.
-        self.server = grpc.server(
-            ThreadPoolExecutor(max_workers=config.max_streams, thread_name_prefix="runwire-gateway"),
-            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
-            maximum_concurrent_rpcs=config.max_streams,
-        )
-        self.server.add_generic_rpc_handlers((self.service.handler(),))
-        self.health = health.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        if config.tls_cert_file:
-            with open(config.tls_key_file, "rb") as key, open(config.tls_cert_file, "rb") as cert:
-                credentials = grpc.ssl_server_credentials([(key.read(), cert.read())])
-            self.port = self.server.add_secure_port(config.listen, credentials)
-        else:
-            self.port = self.server.add_insecure_port(config.listen)
-        if self.port == 0:
-            raise RuntimeError(f"cannot listen on {config.listen}")
+        self.metrics = None
         self._stopped = False
+        self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self._loop.run_forever, name="runwire-gateway-loop", daemon=True)
+        self._loop_thread.start()
+        try:
+            self.port = self._call(self._create())
+        except BaseException:
+            self._close_loop()
+            sink.close()
+            raise
+        self._handoff = _Handoff(self.service, config.max_pending)
+
+    def _call(self, coroutine, timeout: float | None = 30):
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+
+    async def _create(self) -> int:
+        # Created on the loop it runs on. Streams beyond max_streams are refused with
+        # RESOURCE_EXHAUSTED at once (emitters back off and retry).
+        self.server = grpc.aio.server(options=server_options(self.config),
+                                      maximum_concurrent_rpcs=self.config.max_streams)
+        self.server.add_generic_rpc_handlers((handlers(self._stream, self._publish),))
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        return bind(self.server, self.config)
 
     @property
     def address(self) -> str:
@@ -259,35 +344,132 @@ class Gateway:
         return f"{host}:{self.port}"
 
     def start(self) -> "Gateway":
-        self.server.start()
-        for name in ("", SERVICE_NAME):
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("gateway listening on %s (mode %s, auth %s, tls %s)", self.address, self.config.mode,
-                 "on" if self.config.tokens else "off", "on" if self.config.tls_cert_file else "off")
-        if self.config.tokens and not self.config.tls_cert_file:
-            log.warning("bearer tokens without TLS travel in plaintext: set tls_cert_file and tls_key_file")
+        self._call(self._start())
+        self.metrics = start_monitoring(self.config, self.service)
+        log_started(self.config, self.address)
         return self
+
+    async def _start(self) -> None:
+        await self.server.start()
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop taking streams, let open ones drain for `grace` seconds, close the sink. Idempotent."""
         if self._stopped:
             return
         self._stopped = True
-        self.health.enter_graceful_shutdown()
-        self.server.stop(grace).wait(grace + 1)
-        self.sink.close()
+        try:
+            self._call(self._stop(grace), timeout=grace + 10)
+        finally:
+            if self.metrics is not None:
+                self.metrics.close()
+            self._handoff.close()
+            self._close_loop()
+            self.sink.close()
+
+    async def _stop(self, grace: float) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+    def _close_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._loop_thread.join(timeout=10)
+        if not self._loop_thread.is_alive():
+            self._loop.close()
 
     def wait(self) -> None:
-        self.server.wait_for_termination()
+        self._loop_thread.join()
+
+    # -- RPCs (on the event loop) ----------------------------------------------------------
+    async def _authenticate(self, context) -> set[str] | None:
+        try:
+            return self.service.allowed_projects(context.invocation_metadata())
+        except Abort as exc:
+            await context.abort(exc.code, exc.message)
+
+    async def _stream(self, request_iterator, context):
+        allowed = await self._authenticate(context)
+        loop = asyncio.get_running_loop()
+        answers: asyncio.Queue = asyncio.Queue()
+        outstanding = 0  # envelopes read and not yet answered
+
+        def done(answer) -> None:  # from the hand-off thread or the sink's
+            _on_loop(loop, answers.put_nowait, answer)
+
+        async def read() -> None:
+            nonlocal outstanding
+            try:
+                async for raw in request_iterator:
+                    outstanding += 1
+                    if not self._handoff.offer(raw, allowed, done):
+                        answers.put_nowait(self.service.busy(raw))
+            except Exception as exc:  # noqa: BLE001 - the client went away; nothing more to read
+                log.debug("stream reader ended: %r", exc)
+            finally:
+                answers.put_nowait(_READ_DONE)
+
+        reader = asyncio.create_task(read())
+        drain_deadline = None
+        self.service.open_streams += 1  # only the loop thread changes it
+        try:
+            while True:
+                if drain_deadline is not None and outstanding == 0:
+                    return
+                timeout = None if drain_deadline is None else max(0.0, drain_deadline - loop.time())
+                try:
+                    answer = await asyncio.wait_for(answers.get(), timeout)
+                except asyncio.TimeoutError:
+                    return  # the sink did not answer within drain_timeout_s: the emitter resends
+                if answer is _READ_DONE:
+                    drain_deadline = loop.time() + self.config.drain_timeout_s
+                    continue
+                outstanding -= 1
+                if isinstance(answer, Abort):
+                    await context.abort(answer.code, answer.message)
+                yield answer
+        finally:
+            self.service.open_streams -= 1
+            reader.cancel()
+
+    async def _publish(self, raw: bytes, context) -> pb.Ack:
+        allowed = await self._authenticate(context)
+        loop = asyncio.get_running_loop()
+        result = loop.create_future()
+
+        def done(answer) -> None:
+            _on_loop(loop, lambda: result.done() or result.set_result(answer))
+
+        if self._handoff.offer(raw, allowed, done):
+            try:
+                answer = await asyncio.wait_for(result, self.config.drain_timeout_s)
+            except asyncio.TimeoutError:
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "sink did not acknowledge in time")
+        else:
+            answer = self.service.busy(raw)
+        if isinstance(answer, Abort):
+            await context.abort(answer.code, answer.message)
+        if answer.code not in ("OK", ""):
+            await context.abort(getattr(grpc.StatusCode, answer.code, grpc.StatusCode.UNKNOWN), answer.message)
+        return answer
 
 
-def create_gateway(config: GatewayConfig) -> Gateway:
-    """The gateway for `config`, with a Kafka sink or (direct mode) a ClickHouse sink."""
+def create_gateway(config: GatewayConfig, observers: list | None = None) -> Gateway:
+    """The gateway for `config`, with a Kafka sink or (direct mode) a ClickHouse sink.
+
+    observers: direct mode only, called with (kind, record) for every envelope as it arrives
+    (e.g. [alert_engine.observe]); in Kafka mode the ingest workers take them instead."""
     from runwire.ingest import sinks
 
     if config.mode == "kafka":
+        if observers:
+            raise ValueError("observers belong to the ingest workers in kafka mode")
         sink = sinks.KafkaSink.create(config)
     else:
-        sink = sinks.DirectSink.create(config)
+        sink = sinks.DirectSink.create(config, observers=observers)
+    if config.server == "threads":
+        from runwire.ingest.threaded_gateway import ThreadedGateway
+
+        return ThreadedGateway(config, sink)
     return Gateway(config, sink)
 

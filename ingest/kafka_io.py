@@ -1,5 +1,5 @@
 """Kafka plumbing shared by the gateway and the ingest workers: topic names, topic creation,
-producer settings."""
+producer and consumer settings, and the one classifier of Kafka errors."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from runwire.ingest.codec import KINDS
 
@@ -15,6 +15,20 @@ log = logging.getLogger("runwire.ingest")
 
 # Our records stay well below this (validate.MAX_ROWS keeps an envelope under ~3 MB).
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+
+# A consumer learns about partitions (a topic created after it joined, one whose metadata had not
+# reached it yet, partitions added) only when it refreshes metadata; kafka-python's default of
+# 5 minutes left ingest idle that long. A metadata request every few seconds costs nothing.
+CONSUMER_METADATA = {"metadata_max_age_ms": 5000}
+
+TOPIC_READY_TIMEOUT_MS = 30_000
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """True for a Kafka error that may clear by itself (broker unreachable or restarting, no
+    leader yet, timeouts): kafka-python marks them `retriable`. The one Kafka classifier."""
+    return isinstance(exc, KafkaError) and exc.retriable
 
 
 def topic_names(prefix: str) -> dict[str, str]:
@@ -25,14 +39,17 @@ def topic_names(prefix: str) -> dict[str, str]:
 
 
 def ensure_topics(bootstrap: str, prefix: str, partitions: int, replication: int, **client_settings) -> None:
-    """Create missing topics with the configured partitions and replication factor."""
+    """Create missing topics with the configured partitions and replication factor, and wait
+    until every topic is in the broker's metadata with a leader for each partition (a consumer
+    that subscribes earlier can be assigned nothing). Raises kafka-python's errors."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="runwire-admin", **client_settings)
     try:
+        names = list(topic_names(prefix).values())
         existing = set(admin.list_topics())
         wanted = [
             NewTopic(name, num_partitions=partitions, replication_factor=replication,
                      topic_configs={"max.message.bytes": str(MAX_MESSAGE_BYTES)})
-            for name in topic_names(prefix).values() if name not in existing
+            for name in names if name not in existing
         ]
         if wanted:
             try:
@@ -40,6 +57,7 @@ def ensure_topics(bootstrap: str, prefix: str, partitions: int, replication: int
                 log.info("created topics %s", [t.name for t in wanted])
             except TopicAlreadyExistsError:
                 pass  # another gateway or worker won the race
+        admin.wait_for_topics(names, timeout_ms=TOPIC_READY_TIMEOUT_MS)
     finally:
         admin.close()
 

@@ -9,12 +9,17 @@ Limits (documented in the README):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
 import numpy as np
 
 from runwire.proto import telemetry_pb2 as pb
-from runwire.proto.contract import (GPU_COLUMNS, GPU_DEVICE_FIELDS, IDENTITY_UINT32_FIELDS, MAX_HOST_LEN, MAX_ID_LEN,
+from runwire.proto.contract import (GPU, METRICS, GPU_COLUMNS, GPU_DEVICE_FIELDS, IDENTITY_UINT32_FIELDS, MAX_HOST_LEN, MAX_ID_LEN,
                                     MAX_INT32, MAX_INT64, MAX_KEY_LEN, MAX_NAME_LEN, MAX_ROWS, MAX_VALUE_LEN,
                                     METRIC_COLUMNS, text_problem)
+from runwire.ingest.codec import RUN_BODIES
 
 
 class InvalidEnvelope(ValueError):
@@ -62,24 +67,52 @@ def _check_packed_columns(m) -> int:
     return _check_counts("metrics", counts)
 
 
+def _check_seq(seq: int) -> None:
+    if seq == 0:
+        raise InvalidEnvelope("seq: must be >= 1")
+    if seq > MAX_INT64:
+        raise InvalidEnvelope(f"seq: {seq} is above {MAX_INT64}")
+
+
+def _check_identity(get: Callable[[str], Any]) -> None:
+    """The identity rules; `get(field)` reads an Identity field (protobuf or decoded record)."""
+    _check_text("identity.project", get("project"), 1, MAX_ID_LEN)
+    _check_text("identity.run_id", get("run_id"), 1, MAX_ID_LEN)
+    _check_text("identity.stream_id", get("stream_id"), 1, MAX_ID_LEN)
+    _check_text("identity.host", get("host"), 0, MAX_HOST_LEN)
+    for name in IDENTITY_UINT32_FIELDS:
+        if get(name) > MAX_INT32:  # stored as Avro int
+            raise InvalidEnvelope(f"identity.{name}: {get(name)} is above {MAX_INT32}")
+    if get("world_size") and get("rank") >= get("world_size"):
+        raise InvalidEnvelope(f"identity.rank: {get('rank')} is not below world_size {get('world_size')}")
+
+
+def _check_metric_names(names) -> None:
+    for i, name in enumerate(names):
+        _check_text(f"metrics.names[{i}]", name, 1, MAX_NAME_LEN)
+
+
+def _check_run_body(body: str, get: Callable[[str], Any]) -> None:
+    """Rules of the run events (body: the Envelope oneof name); `get(field)` reads the body."""
+    if body == "run_start":
+        _check_text("run_start.name", get("name"), 0, MAX_NAME_LEN)
+        _check_map("run_start.params", get("params"))
+        _check_map("run_start.tags", get("tags"))
+    elif body == "run_end":
+        for key in get("summary"):
+            _check_text(f"run_end.summary key {key[:40]!r}", key, 1, MAX_KEY_LEN)
+    elif body == "params":
+        _check_map("params.params", get("params"))
+    elif body == "tags":
+        _check_map("tags.tags", get("tags"))
+
+
 def validate(envelope: pb.Envelope) -> None:
     """Raise InvalidEnvelope if the envelope must not be stored."""
-    if envelope.seq == 0:
-        raise InvalidEnvelope("seq: must be >= 1")
+    _check_seq(envelope.seq)
     if not envelope.HasField("identity"):
         raise InvalidEnvelope("identity: missing")
-    ident = envelope.identity
-    _check_text("identity.project", ident.project, 1, MAX_ID_LEN)
-    _check_text("identity.run_id", ident.run_id, 1, MAX_ID_LEN)
-    _check_text("identity.stream_id", ident.stream_id, 1, MAX_ID_LEN)
-    _check_text("identity.host", ident.host, 0, MAX_HOST_LEN)
-    for name in IDENTITY_UINT32_FIELDS:
-        if getattr(ident, name) > MAX_INT32:  # stored as Avro int
-            raise InvalidEnvelope(f"identity.{name}: {getattr(ident, name)} is above {MAX_INT32}")
-    if envelope.seq > MAX_INT64:
-        raise InvalidEnvelope(f"seq: {envelope.seq} is above {MAX_INT64}")
-    if ident.world_size and ident.rank >= ident.world_size:
-        raise InvalidEnvelope(f"identity.rank: {ident.rank} is not below world_size {ident.world_size}")
+    _check_identity(partial(getattr, envelope.identity))
 
     body = envelope.WhichOneof("body")
     if body is None:
@@ -87,8 +120,7 @@ def validate(envelope: pb.Envelope) -> None:
     if body == "metrics":
         m = envelope.metrics
         n = _check_packed_columns(m)
-        for i, name in enumerate(m.names):
-            _check_text(f"metrics.names[{i}]", name, 1, MAX_NAME_LEN)
+        _check_metric_names(m.names)
         if n:
             highest = int(np.frombuffer(m.name_index, dtype=METRIC_COLUMNS["name_index"].dtype).max())
             if highest >= len(m.names):
@@ -104,14 +136,21 @@ def validate(envelope: pb.Envelope) -> None:
             raise InvalidEnvelope(f"gpu.gpu_indexes: {max(g.gpu_indexes)} is above 65535")
         if g.gpu_ref and max(g.gpu_ref) >= n_gpus:
             raise InvalidEnvelope(f"gpu.gpu_ref: {max(g.gpu_ref)} points past {n_gpus} GPUs")
-    elif body == "run_start":
-        _check_text("run_start.name", envelope.run_start.name, 0, MAX_NAME_LEN)
-        _check_map("run_start.params", envelope.run_start.params)
-        _check_map("run_start.tags", envelope.run_start.tags)
-    elif body == "run_end":
-        for key in envelope.run_end.summary:
-            _check_text(f"run_end.summary key {key[:40]!r}", key, 1, MAX_KEY_LEN)
-    elif body == "params":
-        _check_map("params.params", envelope.params.params)
-    elif body == "tags":
-        _check_map("tags.tags", envelope.tags.tags)
+    else:
+        _check_run_body(body, partial(getattr, getattr(envelope, body)))
+
+
+def validate_record(kind: str, record: dict) -> None:
+    """The same rules for a record decoded from Kafka (runwire.ingest.codec.decode): anything
+    that can write to the topics can bypass the gateway. The codec has already checked what
+    decoding needs (column lengths, indexes in range); this checks the rest."""
+    _check_identity(record.__getitem__)
+    _check_seq(record["seq"])
+    if kind == METRICS:
+        _check_counts("metrics", {"values": len(record["values"])})
+        _check_metric_names(record["names"])
+    elif kind == GPU:
+        _check_counts("gpu", {"gpu_ref": len(record["gpu_ref"])})
+    else:
+        name, body = record["body"]
+        _check_run_body(RUN_BODIES[name], body.__getitem__)

@@ -2,8 +2,10 @@
 
 Offsets are committed only after ClickHouse accepted every record polled before the commit, so
 a crash replays, never skips; storage's replacing keys make the replay harmless. A record that
-cannot be decoded, or that ClickHouse rejects as bad data, goes to the dead-letter topic with
-the reason, and the rest flows on.
+cannot be decoded, breaks the gateway's validation rules (it may not have come through a
+gateway), is a null tombstone, or that ClickHouse rejects as bad data, goes to the dead-letter
+topic with the reason, and the rest flows on. Batching, observers and retries are the shared
+write path's (runwire.ingest.batch_writer).
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 from runwire.proto import retry
 from runwire.proto.config import build
 from runwire.ingest import codec
-from runwire.ingest.kafka_io import ensure_topics, make_producer, topic_names
-from runwire.storage.writer import is_permanent
+from runwire.ingest.batch_writer import Batch, BatchWriter
+from runwire.ingest.kafka_io import CONSUMER_METADATA, ensure_topics, make_producer, topic_names
+from runwire.ingest.validate import InvalidEnvelope, validate_record
 
 log = logging.getLogger("runwire.ingest")
 
@@ -41,6 +44,7 @@ class IngestConfig:
     batch_rows: int = 500_000        # insert when this many rows are buffered ...
     batch_interval_s: float = 0.5    # ... or when the oldest buffered record is this old
     ttl_days: int | None = None      # raw time-series retention; None leaves it as it is
+    metrics_listen: str = ""         # host:port serving Prometheus /metrics; empty: off
 
     def problems(self) -> list[str]:
         out = []
@@ -71,13 +75,11 @@ class _FlushOnRevoke(ConsumerRebalanceListener):
         log.info("assigned %d partitions", len(assigned))
 
 
-class _Batch:
-    """Records polled since the last cut, and the offsets to commit once they are stored."""
+class _Batch(Batch):
+    """A batch plus the offsets to commit once it is stored, and its dead letters."""
 
     def __init__(self) -> None:
-        self.records: list[tuple[str, dict]] = []
-        self.rows = 0
-        self.since = 0.0                                  # monotonic time of the first record
+        super().__init__()
         self.offsets: dict[TopicPartition, int] = {}      # next offset to read, per partition
         self.dead_letters: list = []                      # futures: durable before the commit
 
@@ -89,27 +91,36 @@ class IngestWorker:
     """One member of the ingest consumer group. `run()` until `stop()`.
 
     Two threads: this one polls, decodes and cuts batches; an inserter writes one batch to
-    ClickHouse at a time while the next one fills. A batch's offsets are committed (here: the
-    consumer is not thread-safe) only after its insert and every insert before it succeeded.
-    The writer is used on the inserter thread only: give it a ClickHouse client of its own.
+    ClickHouse at a time (through the shared BatchWriter) while the next one fills. A batch's
+    offsets are committed (here: the consumer is not thread-safe) only after its insert and
+    every insert before it succeeded. The writer is used on the inserter thread only: give it a
+    ClickHouse client of its own.
+
+    observers: called with (kind, record) for every decoded record as it arrives (stream alert
+    rules, e.g. [engine.observe]).
     """
 
     def __init__(self, config: IngestConfig, writer, backoff: retry.Backoff = retry.Backoff(max_s=5.0),
-                 observers: list | None = None) -> None:
+                 observers: list | None = None, metrics=None) -> None:
         self.config = config
-        self.writer = writer
-        # Called with (kind, record) for every decoded record as it arrives (stream alert rules).
-        # An observer must be quick and must not raise: it runs on the ingest path.
-        self.observers = list(observers or [])
-        self.backoff = backoff
         self.topics = topic_names(config.topic_prefix)
         self._stop = threading.Event()
+        on_insert = None
+        if metrics is not None:  # a runwire.ingest.monitoring.PipelineMetrics
+            def on_insert(seconds: float, rows: int) -> None:
+                metrics.insert_latency.observe(seconds)
+                metrics.insert_rows.observe(rows)
+        self.core = BatchWriter(writer, observers, backoff, stop=self._stop, on_insert=on_insert)
+        self.lag: dict[tuple[str, int], int] = {}  # (topic, partition) -> records behind, after each poll
         self.closing = False
         self._batch = _Batch()
         self._inflight: tuple[_Batch, Future] | None = None
         self._inserter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="runwire-insert")
-        self._counter_lock = threading.Lock()
-        self.counters = {"records": 0, "rows": 0, "inserts": 0, "dead_letters": 0, "retries": 0}
+        self.counters = self.core.counters
+        self.counters.update(records=0, dead_letters=0)
+        subscribed = [self.topics[k] for k in codec.KINDS]
+        # Topics exist, with leaders, and are in our consumer's metadata before it joins the
+        # group: a member that joins without them is assigned nothing until a metadata refresh.
         ensure_topics(config.kafka_bootstrap, config.topic_prefix, config.topic_partitions, config.topic_replication)
         self.producer = make_producer(config.kafka_bootstrap, client_id="runwire-ingest-dlq")
         self.consumer = KafkaConsumer(
@@ -121,9 +132,33 @@ class IngestWorker:
             max_partition_fetch_bytes=16 * 1024 * 1024,
             fetch_max_bytes=64 * 1024 * 1024,
             max_poll_records=2000,
+            **CONSUMER_METADATA,
         )
-        self.consumer.subscribe(
-            [self.topics[k] for k in codec.KINDS], listener=_FlushOnRevoke(self))
+        self.consumer.subscribe(subscribed, listener=_FlushOnRevoke(self))
+        self._await_metadata(subscribed)
+
+    def _await_metadata(self, topics: list[str], timeout_s: float = 30.0) -> None:
+        """Fetch the topics' partitions into the consumer's metadata before it joins the group.
+        kafka-python's leader assigns from whatever metadata it holds at that moment; without
+        them every member was assigned nothing ("No partition metadata for topic ...")."""
+        deadline = time.monotonic() + timeout_s
+        missing = topics
+        while True:
+            missing = [t for t in missing if not self.consumer.partitions_for_topic(t)]
+            if not missing:
+                return
+            if time.monotonic() > deadline or self._stop.wait(0.2):
+                log.warning("no partition metadata for %s yet; ingest picks them up within %d s once it arrives",
+                            missing, CONSUMER_METADATA["metadata_max_age_ms"] // 1000)
+                return
+
+    @property
+    def writer(self):
+        return self.core.writer
+
+    @writer.setter
+    def writer(self, writer) -> None:
+        self.core.writer = writer
 
     def run(self) -> None:
         try:
@@ -132,10 +167,11 @@ class IngestWorker:
                 for partition_records in polled.values():
                     for record in partition_records:
                         self._take(record)
-                        if self._batch.rows >= self.config.batch_rows:
+                        if self._batch.full(self.config.batch_rows):
                             # Full: wait for the previous insert, so at most two batches are held.
                             self._finish_inflight(wait=True)
                             self._start_insert()
+                self._note_lag(polled)
                 self._finish_inflight(wait=False)
                 # Due by time, the batch goes when the inserter is free; until then it keeps
                 # filling (fewer, larger inserts while ClickHouse is the bottleneck).
@@ -161,7 +197,14 @@ class IngestWorker:
     def _batch_due(self) -> bool:
         batch = self._batch
         return bool(batch) and (not batch.records  # only dead letters: commit them now
-                                or time.monotonic() - batch.since >= self.config.batch_interval_s)
+                                or batch.due(self.config.batch_interval_s))
+
+    def _note_lag(self, polled) -> None:
+        """Records behind each partition's end, from the fetch's high watermark (no request)."""
+        for tp, records in polled.items():
+            highwater = self.consumer.highwater(tp)
+            if highwater is not None and records:
+                self.lag[(tp.topic, tp.partition)] = max(0, highwater - (records[-1].offset + 1))
 
     def _take(self, record) -> None:
         self.counters["records"] += 1
@@ -169,31 +212,29 @@ class IngestWorker:
         batch.offsets[TopicPartition(record.topic, record.partition)] = record.offset + 1
         try:
             kind, decoded = codec.decode(record.value)
+            # Anyone who can write to the topics can skip the gateway: check again.
+            validate_record(kind, decoded)
         except codec.PoisonRecord as exc:
             batch.dead_letters.append(self._dead_letter(record, str(exc)))
             return
-        for observer in self.observers:
-            try:
-                observer(kind, decoded)
-            except Exception:  # an observer's bug must never stop ingestion
-                log.exception("ingest observer failed")
-        if not batch.records:
-            batch.since = time.monotonic()
-        batch.records.append((kind, decoded))
-        batch.rows += codec.row_count(kind, decoded)
+        except InvalidEnvelope as exc:
+            batch.dead_letters.append(self._dead_letter(record, f"invalid record: {exc}"))
+            return
+        self.core.observe(kind, decoded)
+        batch.add(kind, decoded)
 
     def _dead_letter(self, record, reason: str):
-        """Send to the dead-letter topic; returns the send's future."""
+        """Send to the dead-letter topic (the value as it came, a tombstone stays None);
+        returns the send's future."""
         log.warning("dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason)
-        with self._counter_lock:
-            self.counters["dead_letters"] += 1
+        self.core.count(dead_letters=1)
         headers = [
             ("runwire.reason", reason.encode()[:1000]),
             ("runwire.topic", record.topic.encode()),
             ("runwire.partition", str(record.partition).encode()),
             ("runwire.offset", str(record.offset).encode()),
         ]
-        return self.producer.send(self.topics["deadletter"], key=record.key, value=record.value or b"", headers=headers)
+        return self.producer.send(self.topics["deadletter"], key=record.key, value=record.value, headers=headers)
 
     def _start_insert(self) -> None:
         batch, self._batch = self._batch, _Batch()
@@ -212,41 +253,16 @@ class IngestWorker:
 
     # -- inserter thread -------------------------------------------------------------------
     def _insert(self, batch: _Batch) -> None:
-        if not batch.records:
-            return  # only dead letters
-        attempt = 0
-        while True:
-            try:
-                self.writer.write(batch.records)
-                with self._counter_lock:
-                    self.counters["inserts"] += 1
-                    self.counters["rows"] += batch.rows
-                return
-            except Exception as exc:
-                if is_permanent(exc):
-                    self._insert_one_by_one(batch, exc)
-                    return
-                with self._counter_lock:
-                    self.counters["retries"] += 1
-                log.warning("ClickHouse insert of %d records failed (attempt %d), retrying: %s",
-                            len(batch.records), attempt + 1, exc)
-                # Offsets stay uncommitted while we wait, so a crash here loses nothing.
-                if not retry.sleep(self.backoff, attempt, self._stop):
-                    raise RuntimeError("stopped while ClickHouse was unavailable; offsets not committed") from exc
-                attempt += 1
-
-    def _insert_one_by_one(self, batch: _Batch, first_error: Exception) -> None:
-        """A permanent error: find the bad records, dead-letter them, insert the rest."""
-        log.error("ClickHouse rejected a batch as bad data (%s); isolating the bad records", first_error)
-        for kind, decoded in batch.records:
-            try:
-                self.writer.write([(kind, decoded)])
-            except Exception as exc:
-                if not is_permanent(exc):
-                    raise
-                encoded = codec.encode(kind, decoded if kind == codec.RUNS else _repack(kind, decoded))
-                batch.dead_letters.append(self._dead_letter(
-                    _Rejected(self.topics[kind], encoded), f"ClickHouse rejected the record: {exc}"))
+        try:
+            # Offsets stay uncommitted while the core retries, so a crash here loses nothing.
+            rejected = self.core.write(batch)
+        except Exception as exc:
+            raise RuntimeError("stopped while ClickHouse was unavailable; offsets not committed") from exc
+        for i, exc in rejected:
+            kind, decoded = batch.records[i]
+            encoded = codec.encode(kind, decoded if kind == codec.RUNS else _repack(kind, decoded))
+            batch.dead_letters.append(self._dead_letter(
+                _Rejected(self.topics[kind], encoded), f"ClickHouse rejected the record: {exc}"))
 
     # -- back on the polling thread --------------------------------------------------------
     def _commit(self, batch: _Batch) -> None:
@@ -276,12 +292,13 @@ def _repack(kind: str, decoded: dict) -> dict:
     return out
 
 
-def create_worker(config: IngestConfig, observers: list | None = None) -> IngestWorker:
-    """A worker with its own ClickHouse client; observers: e.g. [alert_engine.observe]."""
+def create_worker(config: IngestConfig, observers: list | None = None, metrics=None) -> IngestWorker:
+    """A worker with its own ClickHouse client; observers: e.g. [alert_engine.observe];
+    metrics: a runwire.ingest.monitoring.PipelineMetrics to observe inserts into."""
     from runwire.storage.client import connect
     from runwire.storage.schema import migrate
     from runwire.storage.writer import StorageWriter
 
     client = connect(config.clickhouse_url, config.clickhouse_database)
     migrate(client, ttl_days=config.ttl_days)
-    return IngestWorker(config, StorageWriter(client), observers=observers)
+    return IngestWorker(config, StorageWriter(client), observers=observers, metrics=metrics)

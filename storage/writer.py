@@ -13,19 +13,6 @@ from runwire.proto.contract import GPU, METRICS, RUNS
 from runwire.storage import rows
 
 
-class PermanentWriteError(Exception):
-    """ClickHouse rejected the data itself (bad value, type mismatch): retrying cannot help."""
-
-
-# ClickHouse error codes that mean "this data is wrong", not "the server is unavailable".
-_PERMANENT_CODES = {"6", "27", "38", "41", "53", "69", "70", "72", "117", "131", "321", "394"}
-
-
-def is_permanent(exc: Exception) -> bool:
-    text = str(exc)
-    return any(f"Code: {code}." in text for code in _PERMANENT_CODES)
-
-
 def _dedup(records: list[dict]) -> dict:
     """Insert settings that make ClickHouse drop a second insert of the same batches (a retry
     whose first attempt was stored, the same Kafka records inserted again), in the table and in

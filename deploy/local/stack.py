@@ -64,10 +64,9 @@ class LocalStack:
             config = GatewayConfig.from_settings(
                 listen=self.gateway_listen, mode=self.mode, kafka_bootstrap=self.kafka_bootstrap or "",
                 clickhouse_url=self.clickhouse_url, clickhouse_database=self.database, topic_prefix=self.topic_prefix)
-            gateway = create_gateway(config)
-            if self.alerts is not None and self.mode == "direct":
-                gateway.sink.observers.append(self.alerts.observe)  # DirectSink: observed as it arrives
-            self.gateway = gateway.start()
+            # Direct mode: the gateway's sink feeds the alerts (in kafka mode, the worker does).
+            observers = [self.alerts.observe] if self.alerts is not None and self.mode == "direct" else None
+            self.gateway = create_gateway(config, observers=observers).start()
         except BaseException:
             self.stop()
             raise

@@ -419,7 +419,7 @@ class AlertEngine:
                 self._logged.discard("store")
                 return True
             except Exception as exc:
-                from runwire.storage.writer import is_permanent
+                from runwire.storage.client import is_permanent
 
                 self.counters["store_errors"] += 1
                 if is_permanent(exc):

@@ -14,6 +14,10 @@ from typing import Callable
 
 from runwire.ingest import codec
 from runwire.ingest.gateway import Gateway, GatewayConfig
+from runwire.ingest.threaded_gateway import ThreadedGateway
+
+# The server start_gateway runs unless a test asks for one (test_gateway.py runs both).
+DEFAULT_SERVER = "aio"
 
 # decide(kind, record) -> None (acknowledge) or a gRPC code name to answer with instead.
 Decider = Callable[[str, dict], "str | None"]
@@ -118,9 +122,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_gateway(sink: RecordingSink, port: int = 0, **settings) -> Gateway:
+def start_gateway(sink: RecordingSink, port: int = 0, **settings) -> Gateway | ThreadedGateway:
     # mode/kafka_bootstrap only satisfy config validation: the sink is ours, Kafka is never used.
     settings.setdefault("max_streams", 16)
+    settings.setdefault("server", DEFAULT_SERVER)
     config = GatewayConfig(listen=f"127.0.0.1:{port}", mode="kafka", kafka_bootstrap="unused:9092",
                            drain_timeout_s=5.0, **settings)
-    return Gateway(config, sink).start()
+    server = ThreadedGateway if config.server == "threads" else Gateway
+    return server(config, sink).start()

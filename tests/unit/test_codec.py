@@ -353,10 +353,15 @@ def _gpu_record(**changes) -> dict:
     return record
 
 
-@pytest.mark.parametrize("value", [None, b"", b"\xc3", b"\xc3\x01", b"\xc3\x01\x00\x00\x00\x00\x00\x00\x00"])
-def test_too_short_or_missing_value_is_poison(value):
+@pytest.mark.parametrize("value", [b"", b"\xc3", b"\xc3\x01", b"\xc3\x01\x00\x00\x00\x00\x00\x00\x00"])
+def test_too_short_value_is_poison(value):
     with pytest.raises(PoisonRecord, match="shorter than"):
         decode(value)
+
+
+def test_tombstone_is_poison_with_its_own_reason():
+    with pytest.raises(PoisonRecord, match="tombstone"):
+        decode(None)
 
 
 def test_wrong_magic_is_poison():

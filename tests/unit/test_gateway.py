@@ -50,6 +50,16 @@ def raw(env: pb.Envelope) -> bytes:
 # -- fixtures ----------------------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True, params=["aio", "threads"])
+def server(request, monkeypatch):
+    """Every gateway test runs against both servers: the same service, the same guarantees."""
+    import gateway_helpers
+
+    monkeypatch.setattr(gateway_helpers, "DEFAULT_SERVER", request.param)
+    return request.param
+
+
+
 @pytest.fixture
 def auth_sink() -> RecordingSink:
     return RecordingSink()
@@ -385,3 +395,63 @@ def test_stop_with_an_open_stream_and_held_acks_returns_promptly(sink, streams):
     finally:
         sink.release()
         gw.stop(grace=0.2)
+
+
+def test_a_second_gateway_on_the_same_port_is_refused_with_a_clear_error(gateway, sink, channel):
+    """gRPC's SO_REUSEPORT default let two gateways share a port and split the streams."""
+    from runwire.ingest.gateway import ListenError
+
+    port = gateway.address.rsplit(":", 1)[1]
+    second_sink = RecordingSink()
+    with pytest.raises(ListenError, match=rf"cannot listen on 127\.0\.0\.1:{port}: the port is in use.*--listen"):
+        start_gateway(second_sink, port=int(port))
+    assert second_sink.close_calls == 1  # nothing of the refused gateway is left running
+    # The first gateway still gets every call.
+    for seq in range(1, 21):
+        assert pb.Ack.FromString(channel.unary_unary(PUBLISH)(envelope(seq=seq).SerializeToString(), timeout=10)).code == "OK"
+    assert len(sink.snapshot()) == 20
+
+
+def _scrape(port: int) -> dict[str, float]:
+    """Prometheus text exposition -> {'name{labels}': value}."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def test_health_metrics_count_envelopes_points_streams_and_latency(sink, streams):
+    gw = start_gateway(sink, metrics_listen="127.0.0.1:0")
+    try:
+        with channel_to(gw) as ch:
+            stream = streams(ch)
+            for seq in (1, 2):
+                stream.send(raw(envelope(seq=seq, n=3)))
+            stream.send(raw(ragged_envelope(seq=3)))
+            codes = sorted(stream.next_ack().code for _ in range(3))
+            assert codes == ["INVALID_ARGUMENT", "OK", "OK"]
+            port = gw.metrics.port
+            deadline = time.monotonic() + 10
+            while True:  # the open stream is counted once its handler runs
+                seen = _scrape(port)
+                if seen.get("runwire_gateway_open_streams") == 1.0 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            assert seen["runwire_gateway_open_streams"] == 1.0
+            assert seen['runwire_gateway_envelopes_total{outcome="acked"}'] == 2
+            assert seen['runwire_gateway_envelopes_total{outcome="rejected"}'] == 1
+            assert seen['runwire_gateway_points_total{outcome="acked"}'] == 6
+            assert seen["runwire_gateway_ack_latency_seconds_count"] == 2
+            stream.close()
+        deadline = time.monotonic() + 10
+        while _scrape(port).get("runwire_gateway_open_streams") != 0.0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _scrape(port)["runwire_gateway_open_streams"] == 0.0
+    finally:
+        gw.stop(grace=0.5)

@@ -299,3 +299,54 @@ def test_packed_column_with_a_torn_value_is_rejected():
     env = metrics()
     env.metrics.values = env.metrics.values + b"\x00"
     rejects(env, "metrics.values:")
+
+
+# --- the same rules at ingest, for records that reached Kafka without the gateway -----------
+
+
+def _with(make, change):
+    env = make()
+    change(env)
+    return env
+
+
+def _set_identity(**fields):
+    return lambda env: [setattr(env.identity, k, v) for k, v in fields.items()]
+
+
+BYPASSING = [
+    (metrics, _set_identity(project=""), "identity.project:"),
+    (metrics, _set_identity(run_id="x" * 129), "identity.run_id:"),
+    (metrics, _set_identity(stream_id="a\nb"), "identity.stream_id:"),
+    (gpu, _set_identity(host="host\r"), "identity.host:"),
+    (metrics, _set_identity(rank=8, world_size=8), "identity.rank:"),
+    (metrics, lambda env: setattr(env, "seq", 0), "seq:"),
+    (metrics, lambda env: env.metrics.names.__setitem__(1, "lr\x00"), "metrics.names[1]:"),
+    (run_start, lambda env: setattr(env.run_start, "name", "n" * 257), "run_start.name:"),
+    (run_start, lambda env: env.run_start.tags.update({"": "v"}), "run_start.tags key"),
+    (params, lambda env: env.params.params.update({"big": "v" * (contract.MAX_VALUE_LEN + 1)}), "params.params['big']:"),
+    (tags, lambda env: env.tags.tags.update({"key\n": "v"}), "tags.tags key"),
+    (run_end, lambda env: env.run_end.summary.update({"": 1.0}), "run_end.summary key"),
+]
+
+
+@pytest.mark.parametrize("make, change, field", BYPASSING)
+def test_ingest_rejects_what_the_gateway_rejects_with_the_same_message(make, change, field):
+    from runwire.ingest import codec
+
+    env = _with(make, change)
+    gateway_message = rejects(env, field)
+    # What a producer that skips the gateway can put on the topic.
+    kind, record = codec.decode(codec.encode(codec.kind_of(env), codec.to_record(env, 1)))
+    with pytest.raises(InvalidEnvelope) as info:
+        v.validate_record(kind, record)
+    assert str(info.value) == gateway_message
+
+
+@pytest.mark.parametrize("make", [metrics, gpu, run_start, params, tags, run_end])
+def test_ingest_accepts_what_the_gateway_accepts(make):
+    from runwire.ingest import codec
+
+    env = make()
+    validate(env)
+    v.validate_record(*codec.decode(codec.encode_envelope(env, 1)[2]))

@@ -89,7 +89,9 @@ class Spool:
         self.files = 0
 
     def describe(self, info: dict) -> None:
-        (self.dir / "stream.json").write_text(json.dumps(info))
+        tmp = self.dir / "stream.json.tmp"
+        tmp.write_text(json.dumps(info))
+        os.replace(tmp, self.dir / "stream.json")
 
     def append(self, seq: int, payload: bytes, points: int = 0, first_step: int = 0, last_step: int = 0) -> tuple[int, int]:
         """Write one envelope; returns (segment, offset of the payload) to read it back."""
@@ -206,7 +208,8 @@ def stream_dirs(root: Path) -> list[Path]:
     root = Path(root)
     if (root / "counts").exists():
         return [root]
-    return sorted(p.parent for p in root.rglob("counts"))
+    # os.walk skips directories removed while it walks (other writers finish meanwhile).
+    return sorted(Path(top) for top, _, files in os.walk(root) if "counts" in files)
 
 
 class Orphan:

@@ -89,9 +89,15 @@ def deliver_stream(directory: Path, publish, metadata, timeout_s: float = 30.0) 
     except BlockingIOError as exc:
         report.skipped = str(exc)
         return report
+    except FileNotFoundError:
+        report.skipped = "delivered and removed meanwhile"
+        return report
     done = False
     try:
         info = orphan.info()
+        if not info:  # removed by its writer meanwhile, or never described: leave it alone
+            report.skipped = "no stream.json"
+            return report
         report.project, report.run_id, report.rank = info.get("project", ""), info.get("run_id", ""), info.get("rank", -1)
         acks = read_acks(directory)
         last_seq = max(acks, default=0)
@@ -191,7 +197,7 @@ def start_recovery(exporter) -> threading.Thread | None:
                     continue
                 try:
                     gateway = _recorded_gateway(directory)
-                except OSError:
+                except (OSError, ValueError):  # removed meanwhile, or being written
                     continue
                 if gateway != exporter.config.gateway:
                     continue

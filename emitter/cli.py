@@ -43,6 +43,9 @@ def cmd_ingest(args) -> int:
                           lambda: connect(config.clickhouse_url, config.clickhouse_database))
     workers = [create_worker(config, observers=[alerts.observe]) for _ in range(args.workers)]
     alerts.start()
+    from runwire.ingest.liveness import Liveness  # dead ranks -> CRASHED, resumed -> RUNNING
+
+    liveness = Liveness(connect(config.clickhouse_url, config.clickhouse_database)).start()
     threads = [threading.Thread(target=w.run, name=f"runwire-ingest-{i}") for i, w in enumerate(workers)]
     for t in threads:
         t.start()
@@ -54,6 +57,7 @@ def cmd_ingest(args) -> int:
         w.stop()
     for t in threads:
         t.join()
+    liveness.stop()
     alerts.stop()
     return 0
 

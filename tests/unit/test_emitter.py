@@ -598,3 +598,31 @@ def test_next_drain_wait_is_the_time_to_fill_an_envelope_within_bounds():
     assert next_drain_wait(10, 0.5, 8192, 0.5) == 0.5                        # quiet: the interval
     assert next_drain_wait(125_000, 0.5, 8192, 0.5) == pytest.approx(8192 * 0.5 / 125_000)
     assert next_drain_wait(10_000_000, 0.5, 8192, 0.5) == 0.02               # floor: no busy loop
+
+
+def test_unauthenticated_stops_retrying_says_so_once_and_keeps_everything(sink, spool_dir, caplog):
+    caplog.set_level(logging.WARNING, logger="runwire")
+    gw = start_gateway(sink, tokens={PROJECT: "the-right-token"})
+    try:
+        run = start(gw.address, spool_dir, token="a-wrong-token", flush_interval_s=0.05)
+        for step in range(100):
+            run.log({"loss": float(step)}, step=step)
+        deadline = time.monotonic() + 20
+        while not any("refused" in r.getMessage() for r in caplog.records) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.5)  # time for retries, were there any
+        began = time.monotonic()
+        summary = run.finish(timeout=20)
+        assert time.monotonic() - began < 5  # no waiting out the timeout: it cannot clear
+        refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+        assert len(refusals) == 1
+        assert "UNAUTHENTICATED" in refusals[0] and "RUNWIRE_TOKEN" in refusals[0] and "runwire sync" in refusals[0]
+        assert "a-wrong-token" not in caplog.text
+        assert summary["runwire.reconnects"] == 0 and summary["runwire.acked"] == 0
+        assert pending_envelopes(spool_dir) == summary["runwire.unacked"] >= 3  # start, metrics, end
+        assert sink.point_count() == 0
+        (report,) = sync(spool_dir, gateway=gw.address, token="the-right-token", timeout_s=10)
+        assert report.left == 0 and report.delivered == 100 and report.lost == 0
+        assert len(sink.unique_points()) == 100
+    finally:
+        gw.stop(grace=0.5)

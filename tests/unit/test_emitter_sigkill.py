@@ -87,7 +87,7 @@ def kill_scenario(tmp_path: Path, freeze_s: float, run_s: float = 4.0) -> dict:
         if frozen:
             os.kill(gateway.pid, signal.SIGCONT)
             frozen = False
-        sync = subprocess.run([sys.executable, "-m", "runwire.cli", "sync", str(spool), "--gateway", address],
+        sync = subprocess.run([sys.executable, "-m", "runwire.deploy.cli", "sync", str(spool), "--gateway", address],
                               capture_output=True, text=True, timeout=60, env=env)
         assert sync.returncode == 0, sync.stdout + sync.stderr
         time.sleep(0.3)  # the gateway's file sink writes as it acknowledges; acked means written

@@ -74,4 +74,6 @@ def test_init_then_fork_then_log_300_times_without_a_crash_or_a_lost_point(gatew
     assert len(runs) == PROCESSES * ITERATIONS
     assert len(points) == PROCESSES * ITERATIONS * POINTS
     assert {name for _, name, _, _ in points} == {"loss"}  # the children logged nothing
-    assert len(sink.bodies("run_end")) == PROCESSES * ITERATIONS
+    # Every run ended (a RunEnd resent after a reconnect may arrive twice: storage keeps one).
+    ended = {r["run_id"] for r in sink.of_kind("runs") if r["body"][0].endswith("RunEnd")}
+    assert len(ended) == PROCESSES * ITERATIONS

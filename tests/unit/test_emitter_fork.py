@@ -77,3 +77,52 @@ def test_init_then_fork_then_log_300_times_without_a_crash_or_a_lost_point(gatew
     # Every run ended (a RunEnd resent after a reconnect may arrive twice: storage keeps one).
     ended = {r["run_id"] for r in sink.of_kind("runs") if r["body"][0].endswith("RunEnd")}
     assert len(ended) == PROCESSES * ITERATIONS
+
+
+CHILD_INIT = textwrap.dedent("""
+    import os, sys
+    import runwire
+    gateway, spool = sys.argv[1:3]
+    runwire.init(project="fork", gpu=False, gateway=gateway, spool_dir=spool, run_id="parent")
+    runwire.log({"loss": 1.0}, step=0)
+    pid = os.fork()
+    if pid == 0:
+        # gRPC cannot be used in this process: its own run goes to the spool only.
+        child = runwire.init(project="fork", gpu=False, gateway=gateway, spool_dir=spool, run_id="child")
+        for s in range(100):
+            child.log({"child_loss": float(s)}, step=s)
+        summary = child.finish(timeout=5)
+        os._exit(0 if summary["runwire.points"] == 100 else 4)
+    _, status = os.waitpid(pid, 0)
+    assert runwire.finish(timeout=20)["runwire.unacked"] == 0
+    print("child", status)
+""")
+
+
+def test_a_forked_child_may_start_its_own_run_which_goes_to_the_spool(gateway, sink, tmp_path):
+    from runwire.sync import sync
+
+    spool = tmp_path / "spool"
+    proc = subprocess.run([sys.executable, "-c", CHILD_INIT, gateway.address, str(spool)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "child 0", proc.stderr
+    assert "forked from one that uses gRPC" in proc.stderr and "runwire sync" in proc.stderr
+    assert {name for _, name, _, _ in sink.unique_points()} == {"loss"}
+    (report,) = sync(spool, gateway=gateway.address, timeout_s=10)
+    assert report.run_id == "child" and report.delivered == 100 and report.lost == 0 and report.ended
+    assert sum(name == "child_loss" for _, name, _, _ in sink.unique_points()) == 100
+
+
+def test_grpc_imported_before_runwire_is_told_once_with_the_fix(gateway, tmp_path):
+    script = ("import grpc, runwire\n"
+              f"runwire.init(project='p', gpu=False, gateway='{gateway.address}', spool_dir='{tmp_path}')\n"
+              "runwire.finish(timeout=10)\n")
+    env = dict(os.environ)
+    env.pop("GRPC_ENABLE_FORK_SUPPORT", None)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("grpc was imported before runwire") == 1
+    assert "set GRPC_ENABLE_FORK_SUPPORT=0" in proc.stderr
+    env["GRPC_ENABLE_FORK_SUPPORT"] = "0"  # the fix: no warning
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 0 and "grpc was imported" not in proc.stderr, proc.stderr

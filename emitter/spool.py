@@ -153,8 +153,8 @@ class Spool:
                 self.dir.rmdir()
             except OSError:
                 pass
-        self.counts.release()
-        self._mmap.close()
+        # The counts mapping stays: a log() racing finish() on another thread may still touch
+        # it (a mapping outlives its deleted file); it goes with the Run.
         os.close(self._lock_fd)
 
 

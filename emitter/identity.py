@@ -86,7 +86,7 @@ def torchrun_node_key(env: Mapping[str, str]) -> str:
     return process_key(os.getppid())
 
 
-def store_nonce(env: Mapping[str, str], timeout_s: float = 30.0) -> str:
+def store_nonce(env: Mapping[str, str], timeout_s: float = 10.0) -> str:
     """A nonce agreed by every rank of this torchrun launch through the agent's TCPStore (the one
     torch.distributed uses), or "" when torch or the store is not there. The first rank to ask
     sets it; the store lives as long as the launch, so restarted workers find the same one."""

@@ -13,6 +13,7 @@ import collections
 import logging
 import math
 import os
+import socket
 import threading
 import time
 import uuid
@@ -113,7 +114,7 @@ class Exporter:
         self.spool = Spool(self.spool_root, project, layout.run_id, layout.rank, self.identity.stream_id)
         self.spool.describe({"project": project, "run_id": layout.run_id, "rank": layout.rank,
                              "local_rank": layout.local_rank, "node_rank": layout.node_rank,
-                             "world_size": layout.world_size, "host": layout.host, "pid": os.getpid(),
+                             "world_size": layout.world_size, "host": layout.host, "pid": os.getpid(), "machine": socket.gethostname(),
                              "stream_id": self.identity.stream_id, "gateway": config.gateway,
                              "start_time_ns": time.time_ns()})
         self.counts = self.spool.counts  # shared with log(): see spool.COUNTS

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -83,6 +85,13 @@ def _identity(info: dict) -> pb.Identity:
 
 
 def deliver_stream(directory: Path, publish, metadata, timeout_s: float = 30.0) -> StreamReport:
+    try:
+        return _deliver_stream(directory, publish, metadata, timeout_s)
+    except FileNotFoundError:  # its writer finished and removed it while we looked
+        return StreamReport(str(directory), skipped="removed meanwhile")
+
+
+def _deliver_stream(directory: Path, publish, metadata, timeout_s: float) -> StreamReport:
     report = StreamReport(str(directory))
     try:
         orphan = Orphan(directory)
@@ -97,6 +106,10 @@ def deliver_stream(directory: Path, publish, metadata, timeout_s: float = 30.0) 
         info = orphan.info()
         if not info:  # removed by its writer meanwhile, or never described: leave it alone
             report.skipped = "no stream.json"
+            return report
+        if info.get("pid") == os.getpid() and info.get("machine") == socket.gethostname():
+            # fcntl locks are per process: this process's own runs look free to it. Leave them.
+            report.skipped = "written by this process"
             return report
         report.project, report.run_id, report.rank = info.get("project", ""), info.get("run_id", ""), info.get("rank", -1)
         acks = read_acks(directory)

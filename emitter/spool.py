@@ -66,6 +66,12 @@ def _counts_map(path: Path) -> tuple[mmap.mmap, memoryview]:
     return mm, memoryview(mm).cast("q")
 
 
+# Streams this process is writing. fcntl locks are per process, so to this process its own
+# streams look free: Orphan checks here too. Cleared in a forked child (it writes none of them).
+_open_here: set[Path] = set()
+os.register_at_fork(after_in_child=_open_here.clear)
+
+
 class Spool:
     """The writer's side: append, acknowledge, count. Used by the emitter's threads under its lock."""
 
@@ -73,6 +79,7 @@ class Spool:
                  segment_bytes: int = SEGMENT_BYTES) -> None:
         self.dir = stream_dir(root, project, run_id, rank, stream_id)
         self.dir.mkdir(parents=True, exist_ok=True)
+        _open_here.add(self.dir.resolve())
         run_marker(root, project, run_id).touch()
         self._lock_fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         fcntl.lockf(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -156,6 +163,7 @@ class Spool:
         # The counts mapping stays: a log() racing finish() on another thread may still touch
         # it (a mapping outlives its deleted file); it goes with the Run.
         os.close(self._lock_fd)
+        _open_here.discard(self.dir.resolve())
 
 
 # -- the reader's side: runwire sync and recovery at start-up -------------------------------------
@@ -217,6 +225,8 @@ class Orphan:
 
     def __init__(self, directory: Path) -> None:
         self.dir = Path(directory)
+        if self.dir.resolve() in _open_here:
+            raise BlockingIOError(f"{directory} is being written by this process")
         self._fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

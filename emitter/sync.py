@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -106,10 +104,6 @@ def _deliver_stream(directory: Path, publish, metadata, timeout_s: float) -> Str
         info = orphan.info()
         if not info:  # removed by its writer meanwhile, or never described: leave it alone
             report.skipped = "no stream.json"
-            return report
-        if info.get("pid") == os.getpid() and info.get("machine") == socket.gethostname():
-            # fcntl locks are per process: this process's own runs look free to it. Leave them.
-            report.skipped = "written by this process"
             return report
         report.project, report.run_id, report.rank = info.get("project", ""), info.get("run_id", ""), info.get("rank", -1)
         acks = read_acks(directory)

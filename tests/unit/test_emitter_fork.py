@@ -107,10 +107,12 @@ def test_a_forked_child_may_start_its_own_run_which_goes_to_the_spool(gateway, s
                           text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == "child 0", proc.stderr
     assert "forked from one that uses gRPC" in proc.stderr and "runwire sync" in proc.stderr
-    assert {name for _, name, _, _ in sink.unique_points()} == {"loss"}
-    (report,) = sync(spool, gateway=gateway.address, timeout_s=10)
-    assert report.run_id == "child" and report.delivered == 100 and report.lost == 0 and report.ended
-    assert sum(name == "child_loss" for _, name, _, _ in sink.unique_points()) == 100
+    # The parent's start-up recovery may have delivered the child's finished stream already;
+    # otherwise sync does. Either way exactly once.
+    reports = sync(spool, gateway=gateway.address, timeout_s=10)
+    assert all(r.run_id == "child" and r.delivered == 100 and r.lost == 0 and r.ended for r in reports)
+    child_points = [p for p in sink.points() if p[1] == "child_loss"]
+    assert len(child_points) == 100 and {p[2] for p in child_points} == set(range(100))
 
 
 def test_grpc_imported_before_runwire_is_told_once_with_the_fix(gateway, tmp_path):

@@ -23,9 +23,17 @@ def add_gateway_options(parser) -> None:
 
 
 def cmd_sync(args) -> int:
+    from runwire.exporter import EmitterConfig
+    from runwire.proto.config import build
     from runwire.sync import sync
 
-    delivered, rejected, left = sync(args.spool_dir, args.gateway, args.token, tls=args.tls,
-                                     tls_ca_file=args.tls_ca_file)
-    print(f"delivered {delivered} envelopes, rejected {rejected}, left {left}")
+    gateway = build(EmitterConfig, {"gateway": args.gateway}).gateway
+    print(f"runwire sync: delivering {args.spool_dir} to gateway {gateway}", flush=True)
+    reports = sync(args.spool_dir, args.gateway, args.token, tls=args.tls, tls_ca_file=args.tls_ca_file)
+    for report in reports:
+        print(report.line())
+    left = sum(r.left for r in reports)
+    lost = sum(r.lost for r in reports if not r.skipped)
+    print(f"delivered {sum(r.envelopes_now for r in reports)} envelopes ({sum(r.delivered_now for r in reports)} "
+          f"points), left {left}, lost {lost} points")
     return EXIT_OK if left == 0 else EXIT_FAILURE

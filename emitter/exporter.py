@@ -1,8 +1,10 @@
 """The emitter's engine: bounded queue -> batcher thread -> acknowledged gRPC stream.
 
 `log()` only appends to a deque. The batcher thread turns queued points into columnar
-envelopes; every envelope stays in the outbox (memory up to a bound, then the on-disk spool)
-until the gateway acknowledges it, and is resent after every reconnect.
+envelopes and appends each to the on-disk spool (spool.py) before it is sent, so a killed
+process loses at most its in-memory queue (about one flush interval). Envelopes are resent after
+every reconnect until acknowledged; a copy stays in memory (up to a bound) so sending never
+reads the disk in the common case.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import collections
 import logging
 import math
 import os
+import socket
 import threading
 import time
 import uuid
@@ -27,9 +30,13 @@ from runwire.identity import Layout
 from runwire.proto import telemetry_pb2 as pb
 from runwire.proto.contract import (AUTH, DEFAULT_BATCH_POINTS, MAX_NAME_LEN, REJECT, STREAM_METHOD, classify_grpc,
                                     valid_metric_name)
+from runwire import spool as spool_files
 from runwire.spool import Spool, default_root
 
 log = logging.getLogger("runwire")
+
+# True once this process has opened a gRPC channel: a child forked after that must not use gRPC.
+grpc_in_use = False
 
 _DELIVERY_KEYS = frozenset({"runwire.acked", "runwire.unacked", "runwire.envelopes", "runwire.rejected"})
 
@@ -45,8 +52,8 @@ class EmitterConfig:
     max_queue: int = 50_000              # log() calls buffered; beyond, the oldest are dropped
     batch_points: int = DEFAULT_BATCH_POINTS  # points per envelope
     flush_interval_s: float = 0.5        # an envelope leaves at least this often; sooner once one is full
-    max_unacked_bytes: int = 16 << 20    # unacknowledged envelopes kept in memory
-    max_spool_bytes: int = 2 << 30       # then on disk; beyond, the queue backs up and drops
+    max_unacked_bytes: int = 16 << 20    # copies of unacknowledged envelopes kept in memory (all are on disk)
+    max_spool_bytes: int = 2 << 30       # unacknowledged bytes on disk; beyond, the queue backs up and drops
     max_in_flight: int = 64              # envelopes sent ahead of their acknowledgement
     spool_dir: str = ""                  # default ~/.cache/runwire/spool
     finish_timeout_s: float = 30.0       # finish() waits at most this long for acknowledgements
@@ -103,8 +110,14 @@ class Exporter:
             project=project, run_id=layout.run_id, rank=layout.rank, local_rank=layout.local_rank,
             node_rank=layout.node_rank, world_size=layout.world_size, host=layout.host,
             pid=os.getpid(), stream_id=uuid.uuid4().hex)
-        root = config.spool_dir or default_root()
-        self.spool = Spool(root, project, layout.run_id, layout.rank, self.identity.stream_id)
+        self.spool_root = config.spool_dir or default_root()
+        self.spool = Spool(self.spool_root, project, layout.run_id, layout.rank, self.identity.stream_id)
+        self.spool.describe({"project": project, "run_id": layout.run_id, "rank": layout.rank,
+                             "local_rank": layout.local_rank, "node_rank": layout.node_rank,
+                             "world_size": layout.world_size, "host": layout.host, "pid": os.getpid(), "machine": socket.gethostname(),
+                             "stream_id": self.identity.stream_id, "gateway": config.gateway,
+                             "start_time_ns": time.time_ns()})
+        self.counts = self.spool.counts  # shared with log(): see spool.COUNTS
 
         # Hot path state: log() touches only these two.
         self.points: collections.deque = collections.deque(maxlen=config.max_queue)
@@ -120,7 +133,8 @@ class Exporter:
         self._passes = 0  # completed batcher passes, for flush()
         self._send_partial = False  # flush(): the next pass sends the envelope it is filling
         self._auth_failed = False
-        self._entries: dict[int, bytes | None] = {}  # unacked: payload in memory, or None = on disk
+        # Unacknowledged envelopes: seq -> [payload or None (read it from disk), segment, offset, size, points].
+        self._entries: dict[int, list] = {}
         self._memory_bytes = 0
         self._conn: _Connection | None = None
         self._once = _Once()
@@ -133,10 +147,16 @@ class Exporter:
         self._batcher = threading.Thread(target=self._batch_loop, name="runwire-batcher", daemon=True)
         self._sender = threading.Thread(target=self._send_loop, name="runwire-sender", daemon=True)
 
-    def start(self, run_start: pb.RunStart) -> None:
+    def start(self, run_start: pb.RunStart, send: bool = True) -> None:
+        """send=False: write to the spool only (a process that must not use gRPC)."""
+        global grpc_in_use
         self._emit(run_start=run_start)
         self._batcher.start()
-        self._sender.start()
+        if send:
+            grpc_in_use = True
+            self._sender.start()
+        else:
+            self._closing = True
 
     # -- called from the training loop ------------------------------------------------
     def add_control(self, **body) -> None:
@@ -198,7 +218,7 @@ class Exporter:
             self.stats["queue_high_water"] = high
         if self._control and partial is not None:
             # Points logged before a params/tags/GPU update go out ahead of it.
-            self._emit(metrics=partial.message())
+            self._emit_metrics(partial)
             partial = None
         while self._control:
             self._emit(**self._control.popleft())
@@ -215,12 +235,12 @@ class Exporter:
                     self._last.update(zip(keys, batch.values[-len(keys):]))
                 self.stats["points"] += added
             if len(batch.values) >= limit:
-                self._emit(metrics=batch.message())
+                self._emit_metrics(batch)
                 batch = _MetricBuilder(self._valid_name)
         if not batch.values:
             return None
         if send_partial:
-            self._emit(metrics=batch.message())
+            self._emit_metrics(batch)
             return None
         return batch
 
@@ -232,6 +252,7 @@ class Exporter:
         for name, value in data.items():
             if not batch.known(name):
                 self.stats["invalid_names"] += 1
+                self.counts[spool_files.INVALID] += 1
                 self._once.warn(("name", str(name)[:80]), "runwire: metric name %r rejected: names are 1-%d "
                                 "printable characters", str(name)[:80], MAX_NAME_LEN)
                 continue
@@ -239,6 +260,7 @@ class Exporter:
                 number = float(value)  # int, float, bool, numpy scalars, 0-d tensors
             except Exception:  # also OverflowError (10**400) and whatever a __float__ raises
                 self.stats["invalid_values"] += 1
+                self.counts[spool_files.INVALID] += 1
                 self._once.warn(("value", name), "runwire: value of %r is not a number (%s); such values are "
                                 "counted and skipped", name, type(value).__name__)
                 continue
@@ -252,19 +274,34 @@ class Exporter:
         while self.spool.bytes > self.config.max_spool_bytes and not self._stop.is_set():
             self._stop.wait(0.1)
 
-    def _emit(self, **body) -> None:
+    def _emit_metrics(self, batch: "_MetricBuilder") -> None:
+        steps = batch.steps
+        first, last = steps[0], steps[-1]  # the loss report's step range: O(1), steps mostly ascend
+        self._emit(len(batch.values), first, last, metrics=batch.message())
+        counts = self.counts
+        counts[spool_files.WRITTEN] += len(batch.values)
+        if last > counts[spool_files.WRITTEN_LAST_STEP]:
+            counts[spool_files.WRITTEN_LAST_STEP] = last
+
+    def _emit(self, points: int = 0, first_step: int = 0, last_step: int = 0, **body) -> None:
         with self._cond:
             self._seq += 1
             seq = self._seq
         envelope = pb.Envelope(seq=seq, identity=self.identity, **body)
         payload = envelope.SerializeToString()
         with self._cond:
-            if self._memory_bytes + len(payload) <= self.config.max_unacked_bytes:
-                self._entries[seq] = payload
+            # On disk before it can be sent: a killed process loses none of it.
+            try:
+                segment, offset = self.spool.append(seq, payload, points, first_step, last_step)
+            except OSError as exc:  # disk full, spool removed: keep sending from memory
+                segment, offset = None, 0
+                self._once.warn(("spool", exc.errno), "runwire: cannot write to the spool %s (%s); unacknowledged "
+                                "data is held in memory only", self.spool.dir, exc)
+            if segment is None or self._memory_bytes + len(payload) <= self.config.max_unacked_bytes:
+                self._entries[seq] = [payload, segment, offset, len(payload), points]
                 self._memory_bytes += len(payload)
             else:
-                self.spool.put(seq, payload)
-                self._entries[seq] = None
+                self._entries[seq] = [None, segment, offset, len(payload), points]
             self.stats["envelopes"] += 1
             if self._conn is not None and not self._conn.closed:
                 self._conn.to_send.append(seq)
@@ -272,13 +309,15 @@ class Exporter:
 
     # -- sender -----------------------------------------------------------------------
     def _payload(self, seq: int) -> bytes | None:
-        payload = self._entries.get(seq)
-        if payload is None and seq in self._entries:
-            try:
-                payload = self.spool.get(seq)
-            except FileNotFoundError:
-                return None
-        return payload
+        entry = self._entries.get(seq)
+        if entry is None:
+            return None
+        if entry[0] is not None:
+            return entry[0]
+        try:
+            return self.spool.read(entry[1], entry[2], entry[3])
+        except FileNotFoundError:
+            return None
 
     def _requests(self, conn: _Connection):
         while True:
@@ -324,10 +363,8 @@ class Exporter:
                     return
                 code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
                 if classify_grpc(code) == AUTH:
-                    # Retrying cannot help: finish() spools at once instead of waiting it out.
-                    self._auth_failed = True
-                    with self._cond:
-                        self._cond.notify_all()
+                    self._refused(code, _details(exc))
+                    return
                 self._once.warn(("rpc", code), "runwire: gateway %s: %s (%s); keeping data and retrying",
                                 self.config.gateway, code, _details(exc))
             finally:
@@ -341,6 +378,21 @@ class Exporter:
             retry.sleep(retry.Backoff(initial_s=0.2, max_s=5.0), attempt, self._stop)
             attempt += 1
 
+    def _refused(self, code: str, details: str) -> None:
+        """The gateway refused our credentials: retrying cannot clear that, so stop sending and
+        keep everything in the spool for `runwire sync` with a valid token."""
+        self._auth_failed = True
+        self._closing = True
+        with self._cond:
+            if self._conn is not None:
+                self._conn.closed = True
+            self._cond.notify_all()
+        self._once.warn(("auth",), "runwire: gateway %s refused this emitter: %s (%s). Sending stopped; "
+                        "everything logged is kept in %s. Fix: set RUNWIRE_TOKEN (or init(token=...)) to a token "
+                        "valid for project %r, then deliver the data with: runwire sync %s --gateway %s --token ...",
+                        self.config.gateway, code, details, self.spool.dir, self.identity.project, self.spool.dir,
+                        self.config.gateway)
+
     def _on_ack(self, conn: _Connection, ack: pb.Ack) -> bool:
         """Apply one acknowledgement; False when the stream must be restarted to resend."""
         code = ack.code or "OK"
@@ -352,18 +404,24 @@ class Exporter:
                 self.stats["send_latency_sum_s"] += latency
                 self.stats["send_latency_count"] += 1
                 self.stats["send_latency_max_s"] = max(self.stats["send_latency_max_s"], latency)
-            if code == "OK" or classify_grpc(code) in (REJECT, AUTH):
-                payload = self._entries.pop(ack.seq, b"")
-                if payload is None:
-                    self.spool.remove(ack.seq)
-                else:
-                    self._memory_bytes -= len(payload)
+            auth = classify_grpc(code) == AUTH  # keep it (spool) and stop: see _refused
+            if code == "OK" or classify_grpc(code) == REJECT:
+                entry = self._entries.pop(ack.seq, None)
+                if entry is not None:
+                    if entry[0] is not None:
+                        self._memory_bytes -= entry[3]
+                    self.spool.acked(ack.seq, entry[4] if code == "OK" else 0, entry[3])
+                    if code != "OK":
+                        self.counts[spool_files.REJECTED] += entry[4]
                 self.stats["acked" if code == "OK" else "rejected"] += 1
                 self._cond.notify_all()
                 if code != "OK":
                     self._once.warn(("ack", code), "runwire: gateway rejected envelope %d: %s %s",
                                     ack.seq, code, ack.message)
                 return True
+        if auth:
+            self._refused(code, ack.message)
+            return False
         self._once.warn(("ack", code), "runwire: gateway answered %s (%s); resending", code, ack.message)
         return False
 
@@ -403,9 +461,12 @@ class Exporter:
             for key, value in self.summary().items():
                 if key not in _DELIVERY_KEYS:
                     run_end.summary[key] = value
+            self.counts[spool_files.ENDED] = 1
             self._emit(run_end=run_end)
         with self._cond:
-            self._cond.wait_for(lambda: not self._entries or self._auth_failed, max(0.0, deadline - time.monotonic()))
+            if self._sender.is_alive():
+                self._cond.wait_for(lambda: not self._entries or self._auth_failed,
+                                    max(0.0, deadline - time.monotonic()))
             self._closing = True
             self._stop.set()
             if self._conn is not None:
@@ -414,18 +475,17 @@ class Exporter:
             call = self._conn.call if self._conn is not None else None
         if call is not None:
             call.cancel()
-        self._sender.join(5)
+        if self._sender.is_alive():
+            self._sender.join(5)
         with self._cond:
-            for seq, payload in list(self._entries.items()):
-                if payload is not None:
-                    self.spool.put(seq, payload)
-                    self._entries[seq] = None
-                    self._memory_bytes -= len(payload)
             left = len(self._entries)
-        if left:
-            log.warning("runwire: %d envelopes were not acknowledged in %.0f s; they are spooled in %s. "
-                        "Deliver them with: runwire sync %s", left, timeout, self.spool.dir, self.spool.dir)
-        return self.summary()
+            summary = self.summary()
+            self.spool.close(everything_acked=not left)
+        if left and not self._auth_failed:
+            log.warning("runwire: %d envelopes were not acknowledged in %.0f s; they are kept in %s. "
+                        "Deliver them with: runwire sync %s --gateway %s", left, timeout, self.spool.dir,
+                        self.spool.dir, self.config.gateway)
+        return summary
 
     def summary(self) -> dict[str, float]:
         s = self.stats

@@ -15,8 +15,10 @@ import weakref
 from collections.abc import Mapping
 from typing import Any
 
+from runwire import exporter as _exporter_module
+from runwire import spool as _spool
 from runwire.exporter import EmitterConfig, Exporter
-from runwire.identity import layout_from_env
+from runwire.identity import layout_from_env, resolve_resume
 from runwire.proto import telemetry_pb2 as pb
 from runwire.proto.contract import MAX_KEY_LEN, MAX_VALUE_LEN, text_problem
 
@@ -94,10 +96,12 @@ class Run:
     """One process's view of a run. All ranks of a job share the run id."""
 
     def __init__(self, project: str = "default", name: str | None = None, config: Mapping[str, Any] | None = None,
-                 tags: Mapping[str, str] | list[str] | None = None, run_id: str | None = None, **settings) -> None:
+                 tags: Mapping[str, str] | list[str] | None = None, run_id: str | None = None,
+                 resume: str | None = None, **settings) -> None:
         self.settings = EmitterConfig.from_settings(**settings)
         self.project = project
-        self.layout = layout_from_env(project=project, run_id=run_id)
+        self.layout = resolve_resume(layout_from_env(project=project, run_id=run_id), resume,
+                                     self.settings.spool_dir or _spool.default_root(), project)
         self.id = self.layout.run_id
         self.name = name or self.id
         self.summary: dict[str, float] = {}
@@ -113,11 +117,31 @@ class Run:
             return
         self._exporter = Exporter(self.settings, self.layout, project)
         self._points = self._exporter.points
+        self._counts = self._exporter.counts
+        # A child forked from a process that used gRPC cannot use gRPC (see __init__.py): its
+        # run goes to the spool only, for the parent's next start or `runwire sync`.
+        send = not _forked_from_grpc
+        if not send:
+            log.warning("runwire: this process was forked from one that uses gRPC, which cannot be used here; "
+                        "run %s is written to %s only. Deliver it with: runwire sync %s", self.id,
+                        self._exporter.spool.dir, self._exporter.spool.dir)
+        elif _fork_unsafe() and not _warned_fork[0]:
+            _warned_fork[0] = True
+            log.warning("runwire: grpc was imported before runwire with its fork support on; a fork (DataLoader "
+                        "workers) while runwire sends can crash this process. Fix: import runwire before grpc "
+                        "(or anything that imports it), or set GRPC_ENABLE_FORK_SUPPORT=0 in the environment.")
+        if self.layout.rank == 0 and send:
+            print(f"runwire: run {self.id} (project {project}, {self.layout.launcher}) -> gateway "
+                  f"{self.settings.gateway}; spool {self._exporter.spool.dir.parent}", file=sys.stderr, flush=True)
         self._exporter.start(pb.RunStart(
             name=self.name, start_time_ns=time.time_ns(), git_commit=_git_commit(),
             params=within_limits(flatten(config or {})),
             tags=within_limits({str(k): str(v) for k, v in tag_map.items()}, "tag"),
-            launcher=self.layout.launcher))
+            launcher=self.layout.launcher), send=send)
+        if send:
+            from runwire.sync import start_recovery
+
+            start_recovery(self._exporter)
         if self.settings.gpu:
             self._start_gpu_sampler()
         _live_runs.add(self)
@@ -141,11 +165,18 @@ class Run:
             return
         self._step = step + 1
         points = self._points
+        counts = self._counts  # in the spool's mmap: survives a SIGKILL, for the loss report
         if len(points) == points.maxlen:
             self._exporter.dropped += 1
+            try:
+                counts[2] += len(points[0][2])  # spool.DROPPED: the oldest call is about to go
+            except IndexError:  # the batcher took it meanwhile
+                pass
         if self.settings.strict:
             _check_numbers(snapshot)
         points.append((time.time_ns(), step, snapshot))
+        counts[0] += len(snapshot)  # spool.LOGGED
+        counts[1] = step  # spool.LAST_STEP
 
     def log_metric(self, key: str, value: float, step: int | None = None) -> None:
         self.log({key: value}, step=step)
@@ -197,6 +228,7 @@ class Run:
             if self._finished or self._inert:
                 return dict(self.summary)
             self._finished = True
+            self._inert = True  # log() after finish is a no-op
         if self._sampler is not None:
             self._sampler.shutdown()
         end = pb.RunEnd(end_time_ns=time.time_ns(), exit_code=exit_code)
@@ -273,7 +305,19 @@ def _finish_all_at_exit() -> None:
         run.finish(1 if _failed else 0)
 
 
+_forked_from_grpc = False
+_warned_fork = [False]
+
+
+def _fork_unsafe() -> bool:
+    import runwire
+
+    return runwire.grpc_imported_first or os.environ.get(runwire.GRPC_FORK_VARIABLE, "0").lower() not in ("0", "false")
+
+
 def _after_fork_in_child() -> None:
+    global _forked_from_grpc
+    _forked_from_grpc = _forked_from_grpc or _exporter_module.grpc_in_use
     for run in list(_live_runs):
         run._after_fork_in_child()
     _live_runs.clear()

@@ -94,6 +94,9 @@ def cmd_ingest(args) -> int:
         print(f"runwire ingest: metrics on http://{config.metrics_listen.rpartition(':')[0]}:{port}/metrics",
               flush=True)
     alerts.start()
+    from runwire.ingest.liveness import Liveness  # dead ranks -> CRASHED, resumed -> RUNNING
+
+    liveness = Liveness(connect(config.clickhouse_url, config.clickhouse_database)).start()
     threads = [threading.Thread(target=w.run, name=f"runwire-ingest-{i}") for i, w in enumerate(workers)]
     for t in threads:
         t.start()
@@ -103,6 +106,7 @@ def cmd_ingest(args) -> int:
         w.stop()
     for t in threads:
         t.join()
+    liveness.stop()
     alerts.stop()
     if metrics is not None:
         metrics.close()

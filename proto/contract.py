@@ -103,3 +103,8 @@ def classify_grpc(code: str) -> str:
     if code in AUTH_GRPC_CODES:
         return AUTH
     return RETRY
+
+
+# RunEnd.exit_code sent on behalf of a process that died without finishing (runwire sync found its
+# spool): storage records the rank as CRASHED.
+EXIT_CRASHED = -1

@@ -155,7 +155,11 @@ def _cmd_ls(args) -> int:
 
 
 def _cmd_show(args) -> int:
-    run = _queries(args).get_run(args.run_id, project=args.project)
+    from runwire.storage.delivery import rank_delivery
+
+    queries = _queries(args)
+    run = queries.get_run(args.run_id, project=args.project)
+    run["delivery"] = rank_delivery(queries.client, run["project"], run["run_id"])
     if args.output == "json":
         _print_json(run)
         return 0
@@ -177,6 +181,10 @@ def _cmd_show(args) -> int:
         out.write("\nranks\n")
         columns = ["rank", "local_rank", "node_rank", "host", "status", "pid", "exit_code"]
         out.write(_table(columns, [[r[c] for c in columns] for r in run["ranks"]], indent="  "))
+    if run["delivery"]:
+        out.write("\ndelivery of ranks that died (points)\n")
+        columns = ["rank", "status", "logged", "delivered", "lost", "lost_steps"]
+        out.write(_table(columns, [[r[c] for c in columns] for r in run["delivery"]], indent="  "))
     if run["metrics"]:
         out.write("\nmetrics\n")
         out.write(_table(["name", "last", "step", "min", "max"],

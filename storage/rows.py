@@ -11,7 +11,7 @@ from collections.abc import Iterable
 import numpy as np
 import pyarrow as pa
 
-from runwire.proto.contract import GPU_FLOAT_FIELDS
+from runwire.proto.contract import EXIT_CRASHED, GPU_FLOAT_FIELDS
 
 _TS = pa.timestamp("us", tz="UTC")
 _TS_MS = pa.timestamp("ms", tz="UTC")
@@ -99,7 +99,7 @@ def _cat(parts: list[np.ndarray], dtype) -> np.ndarray:
 
 # --- run lifecycle, params and tags: few rows, plain Python lists are fine -------------------
 
-_STATUS_BY_EXIT = {0: "FINISHED"}
+_STATUS_BY_EXIT = {0: "FINISHED", EXIT_CRASHED: "CRASHED"}
 
 
 def run_event_rows(records: Iterable[dict]) -> dict[str, list[list]]:

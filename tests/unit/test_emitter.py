@@ -20,7 +20,7 @@ import pytest
 import runwire
 from runwire import run as run_module
 from runwire.ingest import codec
-from runwire.spool import spooled_files
+from runwire.spool import pending_envelopes, stream_dirs
 from runwire.sync import sync
 
 from gateway_helpers import RecordingSink, free_port, start_gateway
@@ -333,7 +333,7 @@ def test_gateway_down_when_the_run_starts(sink, spool_dir):
     assert {(name, step) for _, name, step, _ in sink.unique_points()} == {
         (name, step) for step in range(400) for name in ("loss", "lr")}
     assert len(sink.bodies("run_start")) == 1 and len(sink.bodies("run_end")) == 1
-    assert spooled_files(spool_dir) == []
+    assert pending_envelopes(spool_dir) == 0 and stream_dirs(spool_dir) == []
 
 
 def test_gateway_restarted_mid_run_loses_nothing(sink, spool_dir):
@@ -389,13 +389,16 @@ def test_stalled_gateway_never_blocks_log_and_spools_the_rest(sink, spool_dir):
         assert summary["runwire.dropped"] > 0
         assert summary["runwire.dropped"] + summary["runwire.points"] == calls
         assert summary["runwire.unacked"] > 0
-        files = spooled_files(spool_dir)
-        assert len(files) == summary["runwire.unacked"] == summary["runwire.spool_files"]
+        unacked = pending_envelopes(spool_dir)
+        assert unacked == summary["runwire.unacked"]
         assert run.finish(timeout=1) == summary  # twice is safe
 
-        delivered, rejected, left = sync(spool_dir, gateway=healthy.address, timeout_s=10)
-        assert (delivered, rejected, left) == (len(files), 0, 0)
-        assert spooled_files(spool_dir) == []
+        (report,) = sync(spool_dir, gateway=healthy.address, timeout_s=10)
+        assert (report.envelopes_now, report.rejected, report.left) == (unacked, 0, 0)
+        # Lost: exactly the dropped points; nothing was lost in memory.
+        assert report.ended and report.lost == report.dropped == summary["runwire.dropped"]
+        assert report.lost_steps is None
+        assert pending_envelopes(spool_dir) == 0 and stream_dirs(spool_dir) == []
         assert healthy_sink.point_count() == summary["runwire.points"]
         # The newest points are the ones kept: the oldest were dropped.
         assert {step for _, _, step, _ in healthy_sink.unique_points()} == set(
@@ -422,12 +425,13 @@ def test_finish_on_a_full_spool_spools_the_whole_queue_before_returning(sink, sp
         for step in range(20_000):
             run.log({"loss": float(step)}, step=step)
         summary = run.finish(timeout=0.3)
-        files = len(spooled_files(spool_dir))
+        files = pending_envelopes(spool_dir)
         assert summary["runwire.points"] == 20_000 and summary["runwire.dropped"] == 0
         assert files == summary["runwire.unacked"] >= 40
         time.sleep(0.3)
-        assert len(spooled_files(spool_dir)) == files
-        assert sync(spool_dir, gateway=healthy.address, timeout_s=10) == (files, 0, 0)
+        assert pending_envelopes(spool_dir) == files
+        (report,) = sync(spool_dir, gateway=healthy.address, timeout_s=10)
+        assert (report.envelopes_now, report.rejected, report.left) == (files, 0, 0)
         assert {step for _, _, step, _ in healthy_sink.unique_points()} == set(range(20_000))
         (end,) = healthy_sink.bodies("run_end")
         assert end["summary"]["runwire.points"] == 20_000
@@ -449,7 +453,7 @@ def test_finish_against_a_dead_gateway_returns_in_time_and_spools(spool_dir):
     assert time.monotonic() - began < 1 + 3
     assert summary["runwire.unacked"] >= 3  # run start, the metrics, run end
     assert summary["runwire.points"] == 50
-    assert len(spooled_files(spool_dir)) == summary["runwire.unacked"]
+    assert pending_envelopes(spool_dir) == summary["runwire.unacked"]
     began = time.monotonic()
     assert run.finish(timeout=1) == summary
     assert runwire.finish() == summary
@@ -594,3 +598,31 @@ def test_next_drain_wait_is_the_time_to_fill_an_envelope_within_bounds():
     assert next_drain_wait(10, 0.5, 8192, 0.5) == 0.5                        # quiet: the interval
     assert next_drain_wait(125_000, 0.5, 8192, 0.5) == pytest.approx(8192 * 0.5 / 125_000)
     assert next_drain_wait(10_000_000, 0.5, 8192, 0.5) == 0.02               # floor: no busy loop
+
+
+def test_unauthenticated_stops_retrying_says_so_once_and_keeps_everything(sink, spool_dir, caplog):
+    caplog.set_level(logging.WARNING, logger="runwire")
+    gw = start_gateway(sink, tokens={PROJECT: "the-right-token"})
+    try:
+        run = start(gw.address, spool_dir, token="a-wrong-token", flush_interval_s=0.05)
+        for step in range(100):
+            run.log({"loss": float(step)}, step=step)
+        deadline = time.monotonic() + 20
+        while not any("refused" in r.getMessage() for r in caplog.records) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.5)  # time for retries, were there any
+        began = time.monotonic()
+        summary = run.finish(timeout=20)
+        assert time.monotonic() - began < 5  # no waiting out the timeout: it cannot clear
+        refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+        assert len(refusals) == 1
+        assert "UNAUTHENTICATED" in refusals[0] and "RUNWIRE_TOKEN" in refusals[0] and "runwire sync" in refusals[0]
+        assert "a-wrong-token" not in caplog.text
+        assert summary["runwire.reconnects"] == 0 and summary["runwire.acked"] == 0
+        assert pending_envelopes(spool_dir) == summary["runwire.unacked"] >= 3  # start, metrics, end
+        assert sink.point_count() == 0
+        (report,) = sync(spool_dir, gateway=gw.address, token="the-right-token", timeout_s=10)
+        assert report.left == 0 and report.delivered == 100 and report.lost == 0
+        assert len(sink.unique_points()) == 100
+    finally:
+        gw.stop(grace=0.5)

@@ -44,3 +44,40 @@ def test_points_logged_before_exit_are_delivered_and_the_exit_is_recorded(gatewa
     ends = sink.bodies("run_end")
     assert len(ends) == 1 and ends[0]["exit_code"] == exit_code
     assert ends[0]["summary"]["runwire.points"] == 1000
+
+
+KILLED = textwrap.dedent("""
+    import os, signal
+    import runwire
+    runwire.init(project="exit", gpu=False, run_id="killed", flush_interval_s=0.05)
+    for step in range(500):
+        runwire.log({"loss": float(step)}, step=step)
+    runwire.flush(2)  # the gateway is down: nothing is acknowledged, all of it is on disk
+    os.kill(os.getpid(), signal.SIGKILL)
+""")
+
+
+def test_the_next_run_on_the_host_delivers_what_a_killed_one_left(sink, tmp_path):
+    import runwire
+
+    from gateway_helpers import free_port
+
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    env = dict(os.environ, RUNWIRE_GATEWAY=address, RUNWIRE_SPOOL_DIR=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", KILLED], env=env, capture_output=True, text=True, timeout=45)
+    assert proc.returncode == -9, proc.stderr
+    gw = start_gateway(sink, port=port)
+    try:
+        run = runwire.Run(project="exit", gpu=False, gateway=address, spool_dir=str(tmp_path), run_id="next")
+        run.log({"loss": 0.0}, step=0)
+        assert sink.wait_for(lambda s: sum(r["run_id"] == "killed" for r in s.of_kind("metrics")) > 0, timeout=20)
+        run.finish(timeout=20)
+        assert sink.wait_for(lambda s: any(b["exit_code"] == -1 for b in s.bodies("run_end")), timeout=20)
+    finally:
+        gw.stop(grace=0.5)
+    killed = [p for p in sink.points() if p[1] == "loss" and p[2] >= 0]
+    steps = sorted(step for _, _, step, _, _ in killed)
+    assert steps.count(0) == 2 and len(steps) == 501  # 500 from the killed run, once; 1 from the next
+    (end,) = [b for b in sink.bodies("run_end") if b["exit_code"] == -1]
+    assert end["summary"]["runwire.logged"] == 500 and end["summary"]["runwire.lost"] == 0

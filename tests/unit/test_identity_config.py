@@ -29,7 +29,7 @@ def run_id(env: dict, project: str = PROJECT) -> str:
 
 def test_run_id_from_runwire_run_id_wins_over_launchers():
     env = {"RUNWIRE_RUN_ID": "my-run", "TORCHELASTIC_RUN_ID": "job1", "SLURM_JOB_ID": "7", "PMIX_NAMESPACE": "ns"}
-    assert run_id_from_env(env, PROJECT) == ("my-run", "env")
+    assert run_id_from_env(env, PROJECT) == ("my-run", "env", "my-run")
     layout = layout_from_env(env, project=PROJECT)
     assert (layout.run_id, layout.launcher) == ("my-run", "env")
 
@@ -57,23 +57,14 @@ def test_torchrun_ranks_share_the_run_id():
     assert run_id(torchrun_env(0, 0, 0), project="other") != rank0.run_id
 
 
-def test_torchrun_without_rdzv_id_falls_back_to_master_endpoint():
-    a = torchrun_env(0, 0, 0, job="none")
-    b = torchrun_env(5, 5, 0, job="none")
-    id_a, launcher = run_id_from_env(a, PROJECT)
+def test_torchrun_without_rdzv_id_is_told_apart_by_launch_not_by_master_endpoint():
+    # Per-launch identity is tested in test_identity_launch.py; here: the endpoint alone is not it.
+    a = torchrun_env(0, 0, 0, job="none", TORCHELASTIC_ERROR_FILE="/tmp/torchelastic_a/none_x/attempt_0/0/error.json")
+    b = dict(a, TORCHELASTIC_ERROR_FILE="/tmp/torchelastic_b/none_y/attempt_0/0/error.json")
+    id_a, launcher, _ = run_id_from_env(a, PROJECT)
     assert launcher == "torchrun"
-    assert id_a == run_id(b)
-    # "none" is not a job identity: another job on another endpoint gets another id.
-    assert run_id(dict(a, MASTER_PORT="29501")) != id_a
-    assert run_id(dict(a, MASTER_ADDR="node-77")) != id_a
+    assert id_a != run_id(b)
     assert id_a != run_id(torchrun_env(0, 0, 0, job="job-1234"))
-
-
-def test_torchrun_none_without_master_endpoint_is_a_fresh_local_id():
-    env = {"TORCHELASTIC_RUN_ID": "none", "RANK": "0"}
-    first, launcher = run_id_from_env(env, PROJECT)
-    assert launcher == "local"
-    assert first != run_id(env)
 
 
 def slurm_env(procid: int, localid: int, nodeid: int, job: str = "812345", step: str = "0", **extra) -> dict:
@@ -150,7 +141,7 @@ def test_mpirun_inside_slurm_batch_shares_one_run_id():
 
 
 def test_no_launcher_gives_a_fresh_local_id():
-    first, launcher = run_id_from_env({}, PROJECT)
+    first, launcher, _ = run_id_from_env({}, PROJECT, parent_key=None)
     assert launcher == "local"
     assert first and first != run_id({})
 

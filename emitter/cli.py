@@ -68,8 +68,13 @@ def cmd_migrate(args) -> int:
 
 
 def cmd_sync(args) -> int:
+    from runwire.artifacts import finish_pending
     from runwire.sync import sync
 
+    # Artifacts a killed run left half uploaded: upload the rest, spool their records (sent below).
+    finished, failed = finish_pending(args.spool_dir)
+    if finished or failed:
+        print(f"artifacts: finished {finished} pending upload(s), {failed} failed")
     delivered, rejected, left = sync(args.spool_dir, args.gateway, args.token, tls=args.tls,
                                      tls_ca_file=args.tls_ca_file)
     print(f"delivered {delivered} envelopes, rejected {rejected}, left {left}")
@@ -140,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     storage_commands.register(sub)
     alert_commands.register(sub)
+    from runwire.deploy import repro_commands  # artifacts, models
+
+    repro_commands.register(sub)
 
     p = sub.add_parser("sync", help="deliver envelopes left in a spool directory")
     p.add_argument("spool_dir")

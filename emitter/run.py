@@ -16,7 +16,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from runwire.exporter import EmitterConfig, Exporter
+from runwire.spool import default_root
 from runwire.identity import layout_from_env
+from runwire import repro
 from runwire.proto import telemetry_pb2 as pb
 from runwire.proto.contract import MAX_KEY_LEN, MAX_VALUE_LEN, text_problem
 
@@ -95,6 +97,7 @@ class Run:
 
     def __init__(self, project: str = "default", name: str | None = None, config: Mapping[str, Any] | None = None,
                  tags: Mapping[str, str] | list[str] | None = None, run_id: str | None = None, **settings) -> None:
+        capture_settings, artifact_settings, settings = repro.split_settings(settings)  # reproducibility
         self.settings = EmitterConfig.from_settings(**settings)
         self.project = project
         self.layout = layout_from_env(project=project, run_id=run_id)
@@ -107,6 +110,7 @@ class Run:
         self._inert = not self.settings.enabled
         self._exporter: Exporter | None = None
         self._sampler = None
+        self._repro: repro.Repro | None = None
         tag_map = {t: "" for t in tags} if isinstance(tags, list) else dict(tags or {})
         self.config = Config(self, config or {})
         if self._inert:
@@ -120,6 +124,9 @@ class Run:
             launcher=self.layout.launcher))
         if self.settings.gpu:
             self._start_gpu_sampler()
+        # Reproducibility: metadata capture on its own thread, artifacts uploaded in the background.
+        self._repro = repro.Repro(self, capture_settings, artifact_settings,
+                                  self.settings.spool_dir or str(default_root()))
         _live_runs.add(self)
 
     # -- metrics: the hot path ----------------------------------------------------------
@@ -168,6 +175,26 @@ class Run:
     def set_tag(self, key: str, value: Any) -> None:
         self.set_tags({key: value})
 
+    # -- reproducibility: artifacts and datasets (runwire.repro) ---------------------------
+    def log_artifact(self, path, name: str | None = None, type: str = "", metadata: Mapping[str, Any] | None = None):
+        """Upload a file or directory in the background (content-addressed by SHA-256); returns
+        at once with an ArtifactRef (`.wait()` for the stored record). name: default the file name."""
+        if self._repro is None:
+            return None
+        return self._repro.log_artifact(path, name, type, dict(metadata) if metadata else None)
+
+    def log_model(self, path, name: str = "model", metadata: Mapping[str, Any] | None = None):
+        """log_artifact(path, name, type="model"): what the model registry registers."""
+        return self.log_artifact(path, name, "model", metadata)
+
+    def log_dataset(self, name: str, source, digest: str | None = None, context: str = "", schema=None,
+                    profile=None, size_bytes: int | None = None) -> dict | None:
+        """Record a dataset: source URI or path, content digest (computed for a local file or
+        directory when not given), context ("training", "eval"), optional schema and profile."""
+        if self._repro is None:
+            return None
+        return self._repro.log_dataset(name, source, digest, context, schema, profile, size_bytes)
+
     # -- GPU -----------------------------------------------------------------------------
     def _start_gpu_sampler(self) -> None:
         from runwire import gpu
@@ -199,6 +226,8 @@ class Run:
             self._finished = True
         if self._sampler is not None:
             self._sampler.shutdown()
+        if self._repro is not None:
+            self._repro.shutdown()  # uploads first: their records must precede the RunEnd
         end = pb.RunEnd(end_time_ns=time.time_ns(), exit_code=exit_code)
         for key, value in self.summary.items():
             try:

@@ -110,8 +110,8 @@ class Registry:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path).expanduser()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._write() as db:
-            db.executescript(_SCHEMA)
+        with self._read() as db:
+            db.executescript(_SCHEMA)  # IF NOT EXISTS: idempotent; executescript runs its own transaction
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)

@@ -163,8 +163,8 @@ def _cmd_models_ls(args) -> int:
     models = _registry(args).list_models()
     _out(args, models, ["name", "versions", "aliases", "staging", "production", "created"],
          [[m["name"], m["last_version"], ", ".join(f"{a}={v}" for a, v in m["aliases"].items()),
-           ",".join(str(v) for v, s in m["stages"].items() if s == "Staging"),
-           ",".join(str(v) for v, s in m["stages"].items() if s == "Production"), _when(m["created_at"])]
+           ",".join(map(str, m["stages"]["Staging"])), ",".join(map(str, m["stages"]["Production"])),
+           _when(m["created_at"])]
           for m in models])
     return 0
 

@@ -234,9 +234,11 @@ class Registry:
             for row in rows:
                 model = dict(row)
                 model["aliases"] = self._aliases(db, row["name"])
-                model["stages"] = {s: v for v, s in db.execute(
-                    "SELECT version, stage FROM versions WHERE model = ? AND stage IN ('Staging', 'Production') "
-                    "ORDER BY version", (row["name"],)).fetchall()}
+                model["stages"] = {"Staging": [], "Production": []}  # stage -> versions in it
+                for version, stage in db.execute(
+                        "SELECT version, stage FROM versions WHERE model = ? AND stage IN ('Staging', 'Production') "
+                        "ORDER BY version", (row["name"],)).fetchall():
+                    model["stages"][stage].append(version)
                 out.append(model)
             return out
 

@@ -223,6 +223,7 @@ class Uploader:
         self._lock = threading.Lock()
         self.stats = collections.Counter()
         self.records: dict[str, dict] = {}
+        self._unacked: list[tuple[dict, Path]] = []  # uploaded, record not yet acknowledged
 
     @property
     def store(self):
@@ -278,14 +279,22 @@ class Uploader:
                 job["tags"] = tags
                 journal = self.journal_dir / f"{job['id']}.json"
                 _write_json(journal, job)  # uploaded: a resume only needs to resend the record
-                if self._flush(30.0):
-                    _finish_job(job, journal)
+                self._unacked.append((job, journal))
+                if self._queue.qsize() == 0:
+                    self._settle(5.0)  # idle: wait briefly for the records' acknowledgement
             except Exception as exc:  # noqa: BLE001 - never into the training loop; the journal stays
                 self.stats["failed"] += 1
                 log.warning("runwire: artifact %r not uploaded (%s); `runwire sync` retries it", job["name"], exc)
                 ref._finish(None, exc)
             finally:
                 self._queue.task_done()
+
+    def _settle(self, timeout: float) -> None:
+        """Drop the journal entries of records the gateway has acknowledged."""
+        if self._unacked and self._flush(timeout):
+            done, self._unacked = self._unacked, []
+            for job, journal in done:
+                _finish_job(job, journal)
 
     def wait(self, timeout: float) -> bool:
         """Block until every queued artifact is done (or `timeout`)."""
@@ -296,7 +305,7 @@ class Uploader:
             time.sleep(0.05)
         return True
 
-    def shutdown(self, timeout: float) -> bool:
+    def shutdown(self, timeout: float, settle_timeout: float = 5.0) -> bool:
         """Finish the queue within `timeout`; safe to call twice. What is left stays journaled."""
         done = self.wait(timeout) if self._started else True
         if not done:
@@ -305,6 +314,9 @@ class Uploader:
         if self._started and done:
             self._queue.put(None)
             self._thread.join(5)
+            # Unacknowledged records stay journaled: the exporter spools them and `runwire sync`
+            # resends them (storage collapses the duplicate).
+            self._settle(settle_timeout)
         if self._store is not None and hasattr(self._store, "close"):
             self._store.close()
         return done

@@ -86,7 +86,8 @@ class Repro:
     def shutdown(self, timeout: float | None = None) -> None:
         if self.capture is not None:
             self.capture.join(self.capture_config.capture_timeout_s)
-        self.uploader.shutdown(self.artifact_config.artifact_finish_timeout_s if timeout is None else timeout)
+        self.uploader.shutdown(self.artifact_config.artifact_finish_timeout_s if timeout is None else timeout,
+                               settle_timeout=min(5.0, self.run.settings.finish_timeout_s))
 
 
 def _nvml():

@@ -85,6 +85,8 @@ def lower_priority(nice: int) -> None:
 
 
 class LocalStore:
+    probe_below = 0  # has() is a stat: always check
+
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root).expanduser().resolve()
         self.url = str(self.root)
@@ -126,6 +128,8 @@ class LocalStore:
 class S3Store:
     """Blobs in s3://bucket/prefix/blobs/sha256/..; large files in parallel multipart uploads."""
 
+    probe_below = 1 << 20  # smaller files are sent without a HEAD first (as cheap as the HEAD)
+
     def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None, part_bytes: int = 64 << 20,
                  threads: int = 4, nice: int = 0) -> None:
         import boto3  # lazily: only S3 users need it
@@ -140,6 +144,7 @@ class S3Store:
                                    config=Config(max_pool_connections=max(10, threads * 2),
                                                  retries={"max_attempts": 5, "mode": "standard"}))
         self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     def key(self, digest: str) -> str:
         return f"{self.prefix}/{blob_key(digest)}" if self.prefix else blob_key(digest)
@@ -188,10 +193,11 @@ class S3Store:
                                        Body=body)["ETag"]
 
     def _workers(self) -> ThreadPoolExecutor:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="runwire-s3",
-                                            initializer=lower_priority, initargs=(self.nice,))
-        return self._pool
+        with self._pool_lock:  # several files of one artifact upload at once
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="runwire-s3",
+                                                initializer=lower_priority, initargs=(self.nice,))
+            return self._pool
 
     def get_bytes(self, digest: str) -> bytes:
         data = self.client.get_object(Bucket=self.bucket, Key=self.key(digest))["Body"].read()

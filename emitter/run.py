@@ -179,7 +179,7 @@ class Run:
     def log_artifact(self, path, name: str | None = None, type: str = "", metadata: Mapping[str, Any] | None = None):
         """Upload a file or directory in the background (content-addressed by SHA-256); returns
         at once with an ArtifactRef (`.wait()` for the stored record). name: default the file name."""
-        if self._repro is None:
+        if self._repro is None or self._inert:  # disabled, or a forked child
             return None
         return self._repro.log_artifact(path, name, type, dict(metadata) if metadata else None)
 
@@ -191,7 +191,7 @@ class Run:
                     profile=None, size_bytes: int | None = None) -> dict | None:
         """Record a dataset: source URI or path, content digest (computed for a local file or
         directory when not given), context ("training", "eval"), optional schema and profile."""
-        if self._repro is None:
+        if self._repro is None or self._inert:  # disabled, or a forked child
             return None
         return self._repro.log_dataset(name, source, digest, context, schema, profile, size_bytes)
 

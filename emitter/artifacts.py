@@ -52,8 +52,8 @@ class ArtifactConfig:
 
     artifact_store: str = ""             # directory, file:///path or s3://bucket/prefix; default ~/.local/share/runwire/artifacts
     artifact_s3_endpoint_url: str = ""   # S3 endpoint (default: boto3's, e.g. AWS_ENDPOINT_URL)
-    artifact_part_bytes: int = 32 << 20  # S3 multipart part size (>= 5 MiB)
-    artifact_threads: int = 4            # parallel part uploads
+    artifact_part_bytes: int = 16 << 20  # S3 multipart part size (>= 5 MiB)
+    artifact_threads: int = 8            # parallel part (and small file) uploads
     artifact_nice: int = 19              # upload threads run at this niceness: training keeps the CPU
     artifact_finish_timeout_s: float = 600.0  # finish() waits this long for uploads; the rest: runwire sync
 
@@ -69,7 +69,7 @@ class ArtifactConfig:
 
     def open_store(self):
         return stores.open_store(self.artifact_store or None, self.artifact_s3_endpoint_url or None,
-                                 self.artifact_part_bytes, self.artifact_threads, self.artifact_nice)
+                                 self.artifact_part_bytes, self.artifact_threads)
 
 
 def split_settings(settings: dict) -> tuple[dict, dict]:

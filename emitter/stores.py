@@ -18,7 +18,6 @@ import re
 import shutil
 import threading
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -57,8 +56,8 @@ def default_store_url() -> str:
     return os.path.join(base, "runwire", "artifacts")
 
 
-def open_store(url: str | None = None, endpoint_url: str | None = None, part_bytes: int = 64 << 20,
-               threads: int = 4, nice: int = 0):
+def open_store(url: str | None = None, endpoint_url: str | None = None, part_bytes: int = 16 << 20,
+               threads: int = 8):
     """A store for `url`: a directory path or file:///path, or s3://bucket[/prefix].
     endpoint_url: the S3 endpoint (default $RUNWIRE_ARTIFACT_S3_ENDPOINT_URL, then boto3's own
     configuration, e.g. AWS_ENDPOINT_URL)."""
@@ -68,7 +67,7 @@ def open_store(url: str | None = None, endpoint_url: str | None = None, part_byt
         if not parts.netloc:
             raise ValueError(f"artifact store {url!r}: s3:// needs a bucket")
         return S3Store(parts.netloc, parts.path.strip("/"), endpoint_url=endpoint_url, part_bytes=part_bytes,
-                       threads=threads, nice=nice)
+                       threads=threads)
     if parts.scheme in ("", "file"):
         return LocalStore(parts.path if parts.scheme == "file" else url)
     raise ValueError(f"artifact store {url!r}: use a directory, file:///path or s3://bucket/prefix")
@@ -130,21 +129,22 @@ class S3Store:
 
     probe_below = 1 << 20  # smaller files are sent without a HEAD first (as cheap as the HEAD)
 
-    def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None, part_bytes: int = 64 << 20,
-                 threads: int = 4, nice: int = 0) -> None:
+    def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None, part_bytes: int = 16 << 20,
+                 threads: int = 8) -> None:
         import boto3  # lazily: only S3 users need it
+        from boto3.s3.transfer import TransferConfig
         from botocore.config import Config
 
         self.bucket, self.prefix = bucket, prefix
         self.endpoint_url = endpoint_url or os.environ.get("RUNWIRE_ARTIFACT_S3_ENDPOINT_URL") or None
         self.url = f"s3://{bucket}/{prefix}".rstrip("/")
         self.part_bytes = max(5 << 20, part_bytes)  # S3's minimum part size
-        self.threads, self.nice = max(1, threads), nice
+        self.threads = max(1, threads)
         self.client = boto3.client("s3", endpoint_url=self.endpoint_url,
                                    config=Config(max_pool_connections=max(10, threads * 2),
                                                  retries={"max_attempts": 5, "mode": "standard"}))
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_lock = threading.Lock()
+        self._transfer = TransferConfig(multipart_threshold=self.part_bytes, multipart_chunksize=self.part_bytes,
+                                        max_concurrency=self.threads)
 
     def key(self, digest: str) -> str:
         return f"{self.prefix}/{blob_key(digest)}" if self.prefix else blob_key(digest)
@@ -164,40 +164,9 @@ class S3Store:
         self.client.put_object(Bucket=self.bucket, Key=self.key(digest), Body=data)
 
     def put_file(self, digest: str, source: str | os.PathLike) -> None:
-        size = os.path.getsize(source)
-        key = self.key(digest)
-        if size <= self.part_bytes:
-            with open(source, "rb") as f:
-                self.client.put_object(Bucket=self.bucket, Key=key, Body=f)
-            return
-        upload = self.client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
-        try:
-            offsets = range(0, size, self.part_bytes)
-            etags = list(self._workers().map(lambda i_off: self._part(source, key, upload, *i_off),
-                                             enumerate(offsets, start=1)))
-            self.client.complete_multipart_upload(
-                Bucket=self.bucket, Key=key, UploadId=upload,
-                MultipartUpload={"Parts": [{"PartNumber": i, "ETag": e} for i, e in enumerate(etags, start=1)]})
-        except BaseException:
-            try:
-                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload)
-            except Exception:  # noqa: BLE001 - the original error is the one to report
-                pass
-            raise
-
-    def _part(self, source, key: str, upload: str, number: int, offset: int) -> str:
-        with open(source, "rb") as f:
-            f.seek(offset)
-            body = f.read(self.part_bytes)
-        return self.client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload, PartNumber=number,
-                                       Body=body)["ETag"]
-
-    def _workers(self) -> ThreadPoolExecutor:
-        with self._pool_lock:  # several files of one artifact upload at once
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="runwire-s3",
-                                                initializer=lower_priority, initargs=(self.nice,))
-            return self._pool
+        # boto3's managed transfer: parallel multipart above part_bytes, retries, bounded memory.
+        # Its worker threads are created by the calling (niced) thread and inherit its priority.
+        self.client.upload_file(os.fspath(source), self.bucket, self.key(digest), Config=self._transfer)
 
     def get_bytes(self, digest: str) -> bytes:
         data = self.client.get_object(Bucket=self.bucket, Key=self.key(digest))["Body"].read()
@@ -210,9 +179,7 @@ class S3Store:
         _write_verified(body.iter_chunks(CHUNK), digest, dest)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        self.client.close()
 
 
 def _write_verified(chunks, digest: str, dest: str | os.PathLike) -> None:

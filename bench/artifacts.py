@@ -9,9 +9,10 @@ same S3 server for ratios.
   into an empty store each time (no deduplication helps). runwire logs through the embedded
   stack (gateway -> ClickHouse via chDB); MLflow to a file tracking store. S3 is moto's server on
   loopback (runs on this machine too, so it competes for the CPU).
-- step_inflation_pct: a training loop (a float64 matmul per step on one core, plus run.log())
-  runs in its own process; the mean step time while a 1 GiB checkpoint uploads to the local
-  store, against the mean of the windows before and after, in percent (median of --repeats).
+- step_inflation_pct: a training loop (float64 matmuls on one core, ~20 ms a step, plus
+  run.log()) runs in its own process; the mean step time while a 1 GiB checkpoint uploads to
+  the local store, against the mean of the windows right before and after, in percent (median
+  of --repeats uploads; each run is in step_inflation_runs).
 - init_metadata_ms: median runwire.init() time with capture on minus with it off (fresh
   process); metadata_capture_thread_ms: how long the capture itself takes, off the training thread.
 The 1 GiB and small files live in a temporary directory that is deleted at the end.
@@ -100,11 +101,12 @@ def mlflow_upload(tmp: Path, location: str, path: Path, env: dict) -> float:
 # -- step inflation (own process: one BLAS thread, like a loop feeding a GPU) -----------------
 
 _STEPS = r"""
-import json, os, sys, time
+import json, os, shutil, sys, time
 import numpy as np
 import runwire
-gateway, store, big, spool, window_s = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5])
-a = np.random.rand(160, 160)
+gateway, store, big, spool, window_s, repeats = sys.argv[1:7]
+window_s, repeats = float(window_s), int(repeats)
+a = np.random.rand(256, 256)
 run = runwire.init(project="bench", gateway=gateway, gpu=False, capture=False, spool_dir=spool, artifact_store=store)
 
 def step(i):
@@ -113,7 +115,7 @@ def step(i):
     for _ in range(12):
         x = x @ a
         x /= x.max()
-    run.log({"loss": float(x[0, 0]), "step_time_s": 0.0}, step=i)
+    run.log({"loss": float(x[0, 0])}, step=i)
     return time.perf_counter() - t
 
 i = 0
@@ -125,34 +127,41 @@ def window(until):
     return out
 
 for _ in range(20): step(0)  # warm up
-end = time.monotonic() + window_s
-before = window(lambda: time.monotonic() > end)
-t0 = time.perf_counter()
-ref = run.log_artifact(big, name="checkpoint")
-during = window(lambda: ref.done)
-upload_s = time.perf_counter() - t0
-ref.wait(10)
-end = time.monotonic() + window_s
-after = window(lambda: time.monotonic() > end)
+results = []
+for r in range(repeats):
+    end = time.monotonic() + window_s
+    before = window(lambda: time.monotonic() > end)
+    t0 = time.perf_counter()
+    ref = run.log_artifact(big, name=f"checkpoint-{r}")
+    during = window(lambda: ref.done)
+    upload_s = time.perf_counter() - t0
+    ref.wait(10)
+    end = time.monotonic() + window_s
+    after = window(lambda: time.monotonic() > end)
+    shutil.rmtree(store, ignore_errors=True)  # the next upload must not be deduplicated
+    results.append({"before": before, "during": during, "after": after, "upload_s": upload_s})
 run.finish()
-print(json.dumps({"before": before, "during": during, "after": after, "upload_s": upload_s}))
+print(json.dumps(results))
 """
 
 
-def step_inflation(gateway: str, tmp: Path, big: Path, window_s: float) -> dict:
-    store = tmp / f"steps-store-{time.time_ns()}"
+def step_inflation(gateway: str, tmp: Path, big: Path, window_s: float, repeats: int) -> list[dict]:
+    """Per repeat: mean step time during the upload vs the windows right before and after."""
+    store = tmp / "steps-store"
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "-c", _STEPS, gateway, str(store), str(big), str(tmp / "spool-steps"),
-                          str(window_s)], env=env, capture_output=True, text=True, timeout=1800)
+                          str(window_s), str(repeats)], env=env, capture_output=True, text=True, timeout=3600)
     shutil.rmtree(store, ignore_errors=True)
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-3000:])
-    r = json.loads(out.stdout.strip().splitlines()[-1])
-    base = statistics.mean(r["before"] + r["after"])
-    during = statistics.mean(r["during"])
-    return {"pct": round((during / base - 1) * 100, 2), "base_step_ms": round(base * 1000, 2),
-            "during_step_ms": round(during * 1000, 2), "steps_during": len(r["during"]),
-            "upload_s": round(r["upload_s"], 2)}
+    runs = []
+    for r in json.loads(out.stdout.strip().splitlines()[-1]):
+        base = statistics.mean(r["before"] + r["after"])
+        during = statistics.mean(r["during"])
+        runs.append({"pct": round((during / base - 1) * 100, 2), "base_step_ms": round(base * 1000, 2),
+                     "during_step_ms": round(during * 1000, 2), "steps_during": len(r["during"]),
+                     "upload_s": round(r["upload_s"], 2)})
+    return runs
 
 
 # -- metadata capture at init ------------------------------------------------------------------
@@ -192,7 +201,7 @@ def main() -> int:
     parser.add_argument("--big-mb", type=int, default=1024)
     parser.add_argument("--small-files", type=int, default=10_000)
     parser.add_argument("--small-kb", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=2, help="step-inflation runs (median)")
+    parser.add_argument("--repeats", type=int, default=5, help="step-inflation uploads (median)")
     parser.add_argument("--window-s", type=float, default=4.0, help="step-time windows before and after the upload")
     parser.add_argument("--tmp", default=None, help="where the test files go (default: a temp dir, deleted after)")
     args = parser.parse_args()
@@ -217,7 +226,7 @@ def main() -> int:
             result["metadata_capture_thread_ms"] = round(cost["thread"], 1)
             print(f"init: {result['init_ms']}, capture thread {cost['thread']:.0f} ms", flush=True)
 
-            runs = [step_inflation(gateway, tmp, big, args.window_s) for _ in range(args.repeats)]
+            runs = step_inflation(gateway, tmp, big, args.window_s, args.repeats)
             result["step_inflation_runs"] = runs
             result["step_inflation_pct"] = statistics.median(r["pct"] for r in runs)
             print(f"step inflation: {runs}", flush=True)

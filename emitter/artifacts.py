@@ -54,7 +54,7 @@ class ArtifactConfig:
     artifact_s3_endpoint_url: str = ""   # S3 endpoint (default: boto3's, e.g. AWS_ENDPOINT_URL)
     artifact_part_bytes: int = 16 << 20  # S3 multipart part size (>= 5 MiB)
     artifact_threads: int = 8            # parallel part (and small file) uploads
-    artifact_nice: int = 19              # upload threads run at this niceness: training keeps the CPU
+    artifact_nice: int = 10              # upload threads run at this niceness (0 full speed, 19 idle CPU only)
     artifact_finish_timeout_s: float = 600.0  # finish() waits this long for uploads; the rest: runwire sync
 
     def problems(self) -> list[str]:

@@ -20,6 +20,8 @@ import datetime as dt
 import json
 import sys
 
+from runwire.proto.config import EXIT_USAGE, UsageError
+
 
 def register(subparsers) -> None:
     from runwire.storage.commands import _connection_and_output, _guarded
@@ -106,7 +108,7 @@ def _registry_guard(command):
             return command(args)
         except RegistryError as exc:
             print(f"runwire: {exc}", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
 
     run.__name__ = command.__name__
     return run
@@ -219,8 +221,7 @@ def _cmd_models_alias(args) -> int:
         print(f"{args.name}: alias {args.alias} removed")
         return 0
     if args.version is None:
-        print("runwire: models alias NAME ALIAS VERSION (or --delete)", file=sys.stderr)
-        return 2
+        raise UsageError("models alias NAME ALIAS VERSION (or --delete)")
     reg.set_alias(args.name, args.alias, args.version, reason=args.reason)
     print(f"{args.name}: {args.alias} -> version {args.version}")
     return 0

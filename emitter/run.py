@@ -197,13 +197,13 @@ class Run:
 
     # -- GPU -----------------------------------------------------------------------------
     def _start_gpu_sampler(self) -> None:
-        from runwire import gpu
+        from runwire import gpu, gpu_wire
 
         exporter = self._exporter
 
         def sink(samples):
             if samples:
-                exporter.add_control(gpu=gpu.encode_gpu_batch(samples))
+                exporter.add_control(gpu=gpu_wire.encode_gpu_batch(samples))
 
         self._sampler = gpu.GpuSampler(sink, interval_s=self.settings.gpu_interval_s,
                                        local_rank=self.layout.local_rank, sample_all=self.settings.gpu_sample_all,
@@ -275,7 +275,7 @@ def _nvml_override():
     if not seed:
         return None
     if _fake_nvml is None:
-        from runwire.testing.fake_nvml import FakeNvml
+        from runwire.simulated_nvml import FakeNvml
 
         _fake_nvml = FakeNvml.h100_node(n_gpus=int(os.environ.get("RUNWIRE_FAKE_GPUS", "2")), node_seed=int(seed))
     return _fake_nvml

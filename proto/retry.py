@@ -48,7 +48,7 @@ def call(fn: Callable[[], T], retryable: Callable[[BaseException], bool], stop: 
     """fn() until it succeeds. An error `retryable` refuses is raised at once; a retryable one is
     retried after a backoff sleep, and raised when `stop` is set, the `deadline` (monotonic
     seconds) passes or `max_attempts` calls failed. `on_retry(error, attempt)` runs before each
-    sleep (log it, count it)."""
+    retry, after its backoff sleep (count it)."""
     attempt = 0
     while True:
         try:
@@ -56,8 +56,8 @@ def call(fn: Callable[[], T], retryable: Callable[[BaseException], bool], stop: 
         except Exception as exc:
             if not retryable(exc) or (max_attempts is not None and attempt + 1 >= max_attempts):
                 raise
-            if on_retry is not None:
-                on_retry(exc, attempt)
             if not sleep(backoff, attempt, stop, deadline):
                 raise
+            if on_retry is not None:
+                on_retry(exc, attempt)
             attempt += 1

@@ -29,6 +29,7 @@ import time
 from typing import Any, Iterable, Sequence
 
 from runwire.proto.contract import GPU_FLOAT_FIELDS
+from runwire.storage.client import server_message
 from runwire.storage import filters as _filters
 
 __all__ = ["RunQueries", "QueryError", "NotFound", "RunNotFound", "GPU_FLOAT_FIELDS"]
@@ -741,23 +742,3 @@ def _combine_ranks(per_rank: str, across_ranks: bool) -> str:
                 f"FROM ({per_rank}) GROUP BY bucket_start ORDER BY bucket_start")
     return (f"SELECT bucket_start, rank, r_min AS min, r_max AS max, r_last AS last, r_count AS count "
             f"FROM ({per_rank}) ORDER BY rank, bucket_start")
-
-
-def server_message(exc: Exception) -> str:
-    """The useful part of a clickhouse-connect error, one line: the server's 'Code: N.
-    DB::Exception: ...' without the URL and version noise."""
-    text = str(exc)
-    start = text.find("Code: ")
-    if start >= 0:
-        text = text[start:]
-    text = text.split("\n")[0].strip()
-    for noise in (" (for url ", " (version "):
-        cut = text.find(noise)
-        if cut > 0:
-            text = text[:cut]
-    if "READONLY" in text or "readonly" in text:
-        text += " -- runwire query runs read-only statements only"
-    return text
-
-
-_server_message = server_message  # the name runwire.storage.report imports

@@ -34,7 +34,7 @@ def _wait_rows(client, sql: str, params: dict, predicate, timeout: float = 60.0)
 
 
 def _cli(*args, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "runwire.cli", *args], capture_output=True, text=True, timeout=120,
+    return subprocess.run([sys.executable, "-m", "runwire.deploy.cli", *args], capture_output=True, text=True, timeout=120,
                           env=env)
 
 

@@ -195,6 +195,10 @@ def init_cost(gateway: str, tmp: Path, n: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+class _Done(Exception):
+    """The parts asked for are measured."""
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="build/bench/artifacts.json")
@@ -204,34 +208,43 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5, help="step-inflation uploads (median)")
     parser.add_argument("--window-s", type=float, default=4.0, help="step-time windows before and after the upload")
     parser.add_argument("--tmp", default=None, help="where the test files go (default: a temp dir, deleted after)")
+    parser.add_argument("--parts", default="init,steps,uploads",
+                        help="what to measure (default all); the other keys are kept from an existing --out")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
 
     from runwire.deploy.local.s3 import TEST_CREDENTIALS, S3Server
     from runwire.deploy.local.stack import LocalStack
 
     os.environ.update(TEST_CREDENTIALS)
     tmp = Path(tempfile.mkdtemp(prefix="runwire-bench-artifacts-", dir=args.tmp))
-    result: dict = {"big_mb": args.big_mb, "small_files": args.small_files, "small_kb": args.small_kb,
-                    "cpus": os.cpu_count()}
+    result: dict = json.loads(Path(args.out).read_text()) if Path(args.out).exists() and parts != {
+        "init", "steps", "uploads"} else {}
+    result.update({"big_mb": args.big_mb, "cpus": os.cpu_count()})
     try:
-        big, small = make_files(tmp, args.big_mb, args.small_files, args.small_kb)
+        big, small = make_files(tmp, args.big_mb, args.small_files if "uploads" in parts else 0, args.small_kb)
         with LocalStack(data_dir=str(tmp / "stack")) as stack, S3Server() as s3:
             gateway, endpoint = stack.gateway.address, s3.endpoint_url
             client = s3.client()
             spool = str(tmp / "spool")
 
-            cost = init_cost(gateway, tmp, 7)
-            result["init_metadata_ms"] = round(max(0.0, cost["on"] - cost["off"]), 2)
-            result["init_ms"] = {"capture_on": round(cost["on"], 2), "capture_off": round(cost["off"], 2)}
-            result["metadata_capture_thread_ms"] = round(cost["thread"], 1)
-            print(f"init: {result['init_ms']}, capture thread {cost['thread']:.0f} ms", flush=True)
+            if "init" in parts:
+                cost = init_cost(gateway, tmp, 7)
+                result["init_metadata_ms"] = round(max(0.0, cost["on"] - cost["off"]), 2)
+                result["init_ms"] = {"capture_on": round(cost["on"], 2), "capture_off": round(cost["off"], 2)}
+                result["metadata_capture_thread_ms"] = round(cost["thread"], 1)
+                print(f"init: {result['init_ms']}, capture thread {cost['thread']:.0f} ms", flush=True)
 
-            runs = step_inflation(gateway, tmp, big, args.window_s, args.repeats)
-            result["step_inflation_runs"] = runs
-            result["step_inflation_pct"] = statistics.median(r["pct"] for r in runs)
-            print(f"step inflation: {runs}", flush=True)
+            if "steps" in parts:
+                runs = step_inflation(gateway, tmp, big, args.window_s, args.repeats)
+                result["step_inflation_runs"] = runs
+                result["step_inflation_pct"] = statistics.median(r["pct"] for r in runs)
+                print(f"step inflation: {runs}", flush=True)
 
             ours, theirs = {}, {}
+            if "uploads" not in parts:
+                raise _Done
+            result.update({"small_files": args.small_files, "small_kb": args.small_kb})
             mlflow_env = dict(os.environ, MLFLOW_S3_ENDPOINT_URL=endpoint)
             for key, path in (("1gb", big), ("small", small)):
                 bucket = f"bench-{key}-{time.time_ns()}"
@@ -247,6 +260,8 @@ def main() -> int:
             result["upload_mb_s"] = {k: round(ours[k], 1) for k in order}
             result["mlflow_upload_mb_s"] = {k: round(theirs[k], 1) for k in order}
             result["ratio_vs_mlflow"] = {k: round(ours[k] / theirs[k], 2) for k in order}
+    except _Done:
+        pass
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,8 @@ import logging
 import os
 import queue
 import re
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -56,6 +58,8 @@ class ArtifactConfig:
     artifact_threads: int = 8            # parallel part (and small file) uploads
     artifact_nice: int = 10              # upload threads run at this niceness (0 full speed, 19 idle CPU only)
     artifact_finish_timeout_s: float = 600.0  # finish() waits this long for uploads; the rest: runwire sync
+    artifact_process: bool = True        # hash and upload in a child process (its threads never hold the
+                                         # training process's GIL); False: in a thread of this process
 
     def problems(self) -> list[str]:
         out = []
@@ -142,7 +146,8 @@ def upload_tree(store, path: str | os.PathLike, threads: int = 4, nice: int = 0)
     if not store.has(digest):
         store.put_bytes(digest, manifest)
     return {"digest": digest, "size": sum(e["size"] for e in entries), "files": len(entries),
-            "uploaded_bytes": sum(e["uploaded"] for e in entries)}
+            "uploaded_bytes": sum(e["uploaded"] for e in entries), "store": store.url,
+            "endpoint": getattr(store, "endpoint_url", None) or ""}
 
 
 def _upload_file(store, rel: str, full: Path) -> dict:
@@ -162,13 +167,12 @@ def _upload_file(store, rel: str, full: Path) -> dict:
     raise OSError(f"{full} keeps changing; not uploaded")
 
 
-def record_tags(name: str, kind: str, result: dict, store, metadata: dict | None = None) -> dict[str, str]:
-    """The tag that announces an uploaded artifact."""
+def record_tags(name: str, kind: str, result: dict, metadata: dict | None = None) -> dict[str, str]:
+    """The tag that announces an uploaded artifact (`result`: what upload_tree returned)."""
     record = {"name": name, "type": kind, "digest": result["digest"], "size": result["size"],
-              "files": result["files"], "store": store.url}
-    endpoint = getattr(store, "endpoint_url", None)
-    if endpoint:
-        record["endpoint"] = endpoint
+              "files": result["files"], "store": result["store"]}
+    if result.get("endpoint"):
+        record["endpoint"] = result["endpoint"]
     if metadata:
         record["metadata"] = metadata
     return {ARTIFACT_PREFIX + name: json.dumps(record, sort_keys=True, separators=(",", ":"))}
@@ -223,6 +227,7 @@ class Uploader:
         self.identity = identity
         self._emit, self._flush = emit, flush
         self._store = None
+        self._worker: _WorkerProcess | None = None
         self._queue: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="runwire-artifacts", daemon=True)
@@ -232,11 +237,14 @@ class Uploader:
         self.records: dict[str, dict] = {}
         self._unacked: list[tuple[dict, Path]] = []  # uploaded, record not yet acknowledged
 
-    @property
-    def store(self):
+    def _upload(self, path: str) -> dict:
+        if self.config.artifact_process:
+            if self._worker is None:
+                self._worker = _WorkerProcess(self.config)
+            return self._worker.upload(path)
         if self._store is None:
             self._store = self.config.open_store()
-        return self._store
+        return upload_tree(self._store, path, self.config.artifact_threads, self.config.artifact_nice)
 
     def submit(self, path: str | os.PathLike, name: str | None = None, kind: str = "", metadata: dict | None = None,
                delete_after: bool = False) -> ArtifactRef:
@@ -274,9 +282,8 @@ class Uploader:
                 return
             job, ref = item
             try:
-                result = upload_tree(self.store, job["path"], self.config.artifact_threads,
-                                     self.config.artifact_nice)
-                tags = record_tags(job["name"], job["type"], result, self.store, job["metadata"] or None)
+                result = self._upload(job["path"])
+                tags = record_tags(job["name"], job["type"], result, job["metadata"] or None)
                 self._emit(tags)
                 record = json.loads(next(iter(tags.values())))
                 self.records[job["name"]] = record
@@ -327,7 +334,73 @@ class Uploader:
             self._settle(settle_timeout)
         if self._store is not None and hasattr(self._store, "close"):
             self._store.close()
+        if self._worker is not None and done:
+            self._worker.close()
         return done
+
+
+class _WorkerProcess:
+    """Hashing and uploading in a child process (`python -m runwire.artifacts`, niced): its
+    threads never hold the training process's GIL, so a checkpoint upload cannot stretch a
+    training step by making the loop wait for the interpreter lock. One JSON line per job each
+    way; a child that died is started again for the next job."""
+
+    def __init__(self, config: ArtifactConfig) -> None:
+        import dataclasses
+
+        self.settings = dataclasses.asdict(config)
+        self._proc: subprocess.Popen | None = None
+
+    def upload(self, path: str) -> dict:
+        if self._proc is None or self._proc.poll() is not None:
+            self._proc = subprocess.Popen([sys.executable, "-m", "runwire.artifacts"], stdin=subprocess.PIPE,
+                                          stdout=subprocess.PIPE, text=True, close_fds=True)
+        try:
+            self._proc.stdin.write(json.dumps({"settings": self.settings, "path": path}) + "\n")
+            self._proc.stdin.flush()
+            line = self._proc.stdout.readline()
+        except OSError as exc:
+            raise OSError(f"the upload process failed: {exc}") from None
+        if not line:
+            raise OSError(f"the upload process exited (status {self._proc.poll()})")
+        out = json.loads(line)
+        if "error" in out:
+            raise OSError(out["error"])
+        return out
+
+    def close(self) -> None:
+        if self._proc is None:
+            return
+        try:
+            self._proc.stdin.close()
+            self._proc.wait(10)
+        except (OSError, subprocess.TimeoutExpired):
+            self._proc.kill()
+            self._proc.wait()
+        self._proc.stdout.close()
+        self._proc = None
+
+
+def _worker_main() -> int:
+    """The upload process: jobs on stdin, results on stdout, one JSON line each."""
+    opened: dict[str, object] = {}
+    niced = False
+    for line in sys.stdin:
+        job = json.loads(line)
+        try:
+            config = build_config(job["settings"])
+            if not niced:
+                stores.lower_priority(config.artifact_nice)  # threads started later inherit it
+                niced = True
+            key = json.dumps([config.artifact_store, config.artifact_s3_endpoint_url])
+            if key not in opened:
+                opened[key] = config.open_store()
+            out = upload_tree(opened[key], job["path"], config.artifact_threads, config.artifact_nice)
+        except Exception as exc:  # noqa: BLE001 - reported to the training process
+            out = {"error": f"{type(exc).__name__}: {exc}"}
+        sys.stdout.write(json.dumps(out) + "\n")
+        sys.stdout.flush()
+    return 0
 
 
 def _finish_job(job: dict, journal: Path) -> None:
@@ -358,7 +431,7 @@ def finish_pending(spool_root: str | os.PathLike, config: ArtifactConfig | None 
                 cfg = config or build_config(settings)
                 store = cfg.open_store()
                 result = upload_tree(store, job["path"], cfg.artifact_threads)
-                tags = record_tags(job["name"], job["type"], result, store, job.get("metadata") or None)
+                tags = record_tags(job["name"], job["type"], result, job.get("metadata") or None)
             ident = job["identity"]
             identity = pb.Identity(stream_id=uuid.uuid4().hex, **ident)
             spool = Spool(Path(spool_root), ident["project"], ident["run_id"], ident["rank"], identity.stream_id)
@@ -397,3 +470,7 @@ def download_artifact(record: dict | str, dest: str | os.PathLike, store: str | 
     if hasattr(store_obj, "close"):
         store_obj.close()
     return dest
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main())

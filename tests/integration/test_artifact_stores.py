@@ -38,7 +38,7 @@ def test_round_trip_verifies_every_file(store, tmp_path):
     result = artifacts.upload_tree(store, src)
     assert (result["files"], result["size"]) == (3, (12 << 20) + 13)
     assert result["uploaded_bytes"] == result["size"]
-    record = json.loads(next(iter(artifacts.record_tags("model", "model", result, store).values())))
+    record = json.loads(next(iter(artifacts.record_tags("model", "model", result).values())))
     out = artifacts.download_artifact(record, tmp_path / "restored")
     for rel in ("weights.bin", "sub/config.json", "empty"):
         assert (out / rel).read_bytes() == (src / rel).read_bytes()

@@ -132,6 +132,11 @@ def test_runs_are_reproducible_through_the_pipeline(stack, dirty_repo, tmp_path)
     assert missing.returncode == 2 and "no artifact 'nope'" in missing.stderr
     shown = _cli("runs", "show", runs[0], env=env)
     assert "runwire.git.branch" in shown.stdout
+    # Captured metadata is searchable like any tag.
+    found = _cli("runs", "search", "tags.runwire.git.branch = 'main' and tags.runwire.git.dirty = 'true'", "--json",
+                 env=env)
+    assert found.returncode == 0, found.stderr
+    assert {r["run_id"] for r in json.loads(found.stdout)} >= set(runs)
 
     # The registry, from the CLI: versions from both runs, an alias, stages, the history.
     for run_id in runs:

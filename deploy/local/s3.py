@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 from runwire.deploy.local.process import ManagedServer
@@ -38,13 +39,18 @@ class S3Server(ManagedServer):
     def start(self, timeout: float = 30.0) -> "S3Server":
         if self.running:
             return self
+        # stderr to a file, never a pipe: nobody would read a pipe, and once its buffer is full
+        # the server blocks on its next log line and stops answering.
+        self._log = tempfile.TemporaryFile(mode="w+")
         self._proc = subprocess.Popen([sys.executable, "-m", "runwire.deploy.local.s3", self.host, str(self.port)],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
                                       text=True, start_new_session=True)
         deadline = time.monotonic() + timeout
         line = self._proc.stdout.readline()  # the child prints its port once it listens
         if not line.strip().isdigit() or time.monotonic() > deadline:
-            err = self._proc.stderr.read() if self._proc.poll() is not None else ""
+            self._proc.wait(10)
+            self._log.seek(0)
+            err = self._log.read()
             self.stop()
             raise RuntimeError(f"S3 server (moto) did not start on {self.host}:{self.port}: {line.strip()} {err[-2000:]}")
         self.port = int(line)
@@ -62,7 +68,7 @@ class S3Server(ManagedServer):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self._proc.pid, signal.SIGKILL)
                 self._proc.wait(10)
-        for stream in (self._proc.stdin, self._proc.stdout, self._proc.stderr):
+        for stream in (self._proc.stdin, self._proc.stdout, self._log):
             with contextlib.suppress(Exception):
                 stream.close()
         self._proc = None
@@ -82,8 +88,12 @@ def _serve(host: str, port: int) -> None:
 
     # Bound here, in the main thread: a port in use fails the start at once (moto's
     # ThreadedMotoServer would wait forever for a thread that died).
+    class QuietHandler(MotoRequestHandler):
+        def log_request(self, *args, **kwargs) -> None:  # one line per request is noise here
+            pass
+
     server = make_server(host, port, DomainDispatcherApplication(create_backend_app), threaded=True,
-                         request_handler=MotoRequestHandler)
+                         request_handler=QuietHandler)
     threading.Thread(target=server.serve_forever, name="moto", daemon=True).start()
     print(server.server_address[1], flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

@@ -279,6 +279,8 @@ class Uploader:
         while True:
             item = self._queue.get()
             if item is None:
+                if self._worker is not None:
+                    self._worker.close()
                 return
             job, ref = item
             try:
@@ -334,8 +336,6 @@ class Uploader:
             self._settle(settle_timeout)
         if self._store is not None and hasattr(self._store, "close"):
             self._store.close()
-        if self._worker is not None and done:
-            self._worker.close()
         return done
 
 
@@ -353,7 +353,8 @@ class _WorkerProcess:
 
     def upload(self, path: str) -> dict:
         if self._proc is None or self._proc.poll() is not None:
-            self._proc = subprocess.Popen([sys.executable, "-m", "runwire.artifacts"], stdin=subprocess.PIPE,
+            self._proc = subprocess.Popen([sys.executable, "-m", "runwire.artifacts", str(os.getpid())],
+                                          stdin=subprocess.PIPE,
                                           stdout=subprocess.PIPE, text=True, close_fds=True)
         try:
             self._proc.stdin.write(json.dumps({"settings": self.settings, "path": path}) + "\n")
@@ -381,8 +382,25 @@ class _WorkerProcess:
         self._proc = None
 
 
+def _die_with_parent(parent_pid: int) -> None:
+    """A killed training process takes its upload process with it (Linux PR_SET_PDEATHSIG; it
+    fires when the thread that started this process ends), so a crash leaves the journal, not a
+    half-orphaned upload, and `runwire sync` resumes it."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent_pid:  # it died before the line above
+        os._exit(0)
+
+
 def _worker_main() -> int:
     """The upload process: jobs on stdin, results on stdout, one JSON line each."""
+    if len(sys.argv) > 1:
+        _die_with_parent(int(sys.argv[1]))
     opened: dict[str, object] = {}
     niced = False
     for line in sys.stdin:

@@ -340,7 +340,7 @@ class Uploader:
 
 
 class _WorkerProcess:
-    """Hashing and uploading in a child process (`python -m runwire.artifacts`, niced): its
+    """Hashing and uploading in a child process (`python -m runwire.upload_worker`, niced): its
     threads never hold the training process's GIL, so a checkpoint upload cannot stretch a
     training step by making the loop wait for the interpreter lock. One JSON line per job each
     way; a child that died is started again for the next job."""
@@ -353,7 +353,7 @@ class _WorkerProcess:
 
     def upload(self, path: str) -> dict:
         if self._proc is None or self._proc.poll() is not None:
-            self._proc = subprocess.Popen([sys.executable, "-m", "runwire.artifacts", str(os.getpid())],
+            self._proc = subprocess.Popen([sys.executable, "-m", "runwire.upload_worker", str(os.getpid())],
                                           stdin=subprocess.PIPE,
                                           stdout=subprocess.PIPE, text=True, close_fds=True)
         try:
@@ -489,6 +489,3 @@ def download_artifact(record: dict | str, dest: str | os.PathLike, store: str | 
         store_obj.close()
     return dest
 
-
-if __name__ == "__main__":
-    sys.exit(_worker_main())

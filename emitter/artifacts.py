@@ -296,7 +296,8 @@ class Uploader:
                 job["tags"] = tags
                 journal = self.journal_dir / f"{job['id']}.json"
                 _write_json(journal, job)  # uploaded: a resume only needs to resend the record
-                self._unacked.append((job, journal))
+                with self._lock:
+                    self._unacked.append((job, journal))
                 if self._queue.qsize() == 0:
                     self._settle(5.0)  # idle: wait briefly for the records' acknowledgement
             except Exception as exc:  # noqa: BLE001 - never into the training loop; the journal stays
@@ -309,9 +310,7 @@ class Uploader:
     def _settle(self, timeout: float) -> None:
         """Drop the journal entries of records the gateway has acknowledged."""
         if self._unacked and self._flush(timeout):
-            done, self._unacked = self._unacked, []
-            for job, journal in done:
-                _finish_job(job, journal)
+            self.acknowledged()
 
     def wait(self, timeout: float) -> bool:
         """Block until every queued artifact is done (or `timeout`)."""
@@ -322,7 +321,14 @@ class Uploader:
             time.sleep(0.05)
         return True
 
-    def shutdown(self, timeout: float, settle_timeout: float = 5.0) -> bool:
+    def acknowledged(self) -> None:
+        """The run's exporter delivered everything: the uploaded records' journals can go."""
+        with self._lock:
+            done, self._unacked = self._unacked, []
+        for job, journal in done:
+            _finish_job(job, journal)
+
+    def shutdown(self, timeout: float) -> bool:
         """Finish the queue within `timeout`; safe to call twice. What is left stays journaled."""
         done = self.wait(timeout) if self._started else True
         if not done:
@@ -330,10 +336,9 @@ class Uploader:
                         "them with `runwire sync`", self._queue.unfinished_tasks, timeout, self.journal_dir)
         if self._started and done:
             self._queue.put(None)
+            # Records not yet acknowledged stay journaled until acknowledged() (the run's exporter
+            # delivered everything); else `runwire sync` resends them (storage collapses duplicates).
             self._thread.join(5)
-            # Unacknowledged records stay journaled: the exporter spools them and `runwire sync`
-            # resends them (storage collapses the duplicate).
-            self._settle(settle_timeout)
         if self._store is not None and hasattr(self._store, "close"):
             self._store.close()
         return done

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from typing import Any
 
 from runwire import artifacts, datasets, metadata
@@ -84,10 +85,18 @@ class Repro:
             store=record["store"], lineage=lineage, description=description, actor=actor, reason=reason)
 
     def shutdown(self, timeout: float | None = None) -> None:
+        """Before the run's end: the captured metadata, then the uploads, within `timeout`
+        (finish(timeout=...); default artifact_finish_timeout_s). What is left stays journaled
+        for `runwire sync`."""
+        deadline = time.monotonic() + (self.artifact_config.artifact_finish_timeout_s if timeout is None else timeout)
         if self.capture is not None:
-            self.capture.join(self.capture_config.capture_timeout_s)
-        self.uploader.shutdown(self.artifact_config.artifact_finish_timeout_s if timeout is None else timeout,
-                               settle_timeout=min(5.0, self.run.settings.finish_timeout_s))
+            self.capture.join(max(0.0, min(self.capture_config.capture_timeout_s, deadline - time.monotonic())))
+        self.uploader.shutdown(max(0.0, deadline - time.monotonic()))
+
+    def closed(self, delivered: bool) -> None:
+        """After the exporter closed: `delivered` when the gateway acknowledged everything."""
+        if delivered:
+            self.uploader.acknowledged()
 
 
 def _nvml():

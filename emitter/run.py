@@ -227,7 +227,7 @@ class Run:
         if self._sampler is not None:
             self._sampler.shutdown()
         if self._repro is not None:
-            self._repro.shutdown()  # uploads first: their records must precede the RunEnd
+            self._repro.shutdown(timeout)  # uploads first: their records must precede the RunEnd
         end = pb.RunEnd(end_time_ns=time.time_ns(), exit_code=exit_code)
         for key, value in self.summary.items():
             try:
@@ -235,6 +235,8 @@ class Run:
             except (TypeError, ValueError):
                 pass
         result = self._exporter.close(end, self.settings.finish_timeout_s if timeout is None else timeout)
+        if self._repro is not None:
+            self._repro.closed(result.get("runwire.unacked", 1) == 0)  # artifact journals can go
         self.summary.update({k: v for k, v in result.items() if k.startswith("runwire.")})
         _live_runs.discard(self)
         return dict(self.summary)

@@ -328,3 +328,14 @@ def s3_bucket(s3_server, monkeypatch):
     bucket = f"rw-{uuid.uuid4().hex[:12]}"
     s3_server.client().create_bucket(Bucket=bucket)
     yield s3_server.endpoint_url, bucket
+
+
+@pytest.fixture(autouse=True)
+def _artifacts_stay_in_tmp(tmp_path_factory, monkeypatch):
+    """Runs started by any test (and their child processes) keep artifacts in a temporary store,
+    never in the user's ~/.local/share, and skip metadata capture (its tags and artifacts would
+    change what emitter tests count); the reproducibility tests turn capture on explicitly."""
+    if "RUNWIRE_ARTIFACT_STORE" not in os.environ:
+        monkeypatch.setenv("RUNWIRE_ARTIFACT_STORE", str(tmp_path_factory.getbasetemp() / "artifact-store"))
+    if "RUNWIRE_CAPTURE" not in os.environ:
+        monkeypatch.setenv("RUNWIRE_CAPTURE", "false")

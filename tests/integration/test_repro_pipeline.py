@@ -66,7 +66,7 @@ def _env(stack, tmp_path, run_id, store, **extra):
     env = dict(os.environ, RUNWIRE_GATEWAY=stack.gateway.address, RUNWIRE_RUN_ID=run_id, RUNWIRE_GPU="false",
                RUNWIRE_SPOOL_DIR=str(tmp_path / "spool"), RUNWIRE_ARTIFACT_STORE=str(store),
                RUNWIRE_REGISTRY=str(tmp_path / "registry.db"), RUNWIRE_CLICKHOUSE_URL=stack.clickhouse_url,
-               RUNWIRE_CLICKHOUSE_DATABASE=stack.database)
+               RUNWIRE_CLICKHOUSE_DATABASE=stack.database, RUNWIRE_CAPTURE="true")
     env.update(extra)
     return env
 

@@ -11,7 +11,7 @@ _SCRIPT = """
 import json, sys, time
 import runwire
 run = runwire.init(project="light", gateway="127.0.0.1:1", gpu=False, finish_timeout_s=0.5, spool_dir=sys.argv[1],
-                   artifact_store=sys.argv[2])
+                   artifact_store=sys.argv[2], capture=True)
 run.log_dataset("d", sys.argv[3])
 ref = run.log_artifact(sys.argv[3], name="data")
 record = ref.wait(30)

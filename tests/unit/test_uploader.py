@@ -55,7 +55,7 @@ def test_unacknowledged_records_stay_journaled_for_sync(tmp_path):
     f = tmp_path / "a.bin"
     f.write_bytes(b"x")
     up.submit(f, name="a").wait(30)
-    up.shutdown(30, settle_timeout=0.1)
+    up.shutdown(30)
     [journal] = (tmp_path / "journal").glob("*.json")
     assert json.loads(journal.read_text())["tags"] == pipe.emitted[0]  # sync resends exactly this
 

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install kafka-jars chromium lint-imports fuzz test test-unit demo up proto bench bench-emitter bench-e2e bench-query bench-alerts bench-streams clean
+.PHONY: install kafka-jars chromium lint-imports fuzz test test-unit demo up proto bench bench-emitter bench-e2e bench-query bench-alerts bench-streams bench-artifacts clean
 
 $(STAMP): pyproject.toml
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
@@ -53,7 +53,7 @@ up: install
 proto: install
 	PYTHON=$(PYTHON) scripts/gen_proto.sh
 
-bench: bench-emitter bench-e2e bench-query bench-alerts bench-streams
+bench: bench-emitter bench-e2e bench-query bench-alerts bench-streams bench-artifacts
 
 bench-emitter: $(BENCH_STAMP)
 	mkdir -p build/bench
@@ -74,6 +74,10 @@ bench-alerts: $(BENCH_STAMP) kafka-jars
 bench-streams: $(BENCH_STAMP) kafka-jars
 	mkdir -p build/bench
 	$(PYTHON) bench/streams.py --out build/bench/streams.json
+
+bench-artifacts: $(BENCH_STAMP)
+	mkdir -p build/bench
+	$(PYTHON) bench/artifacts.py --out build/bench/artifacts.json
 
 clean:
 	rm -rf build $(VENV)

@@ -45,7 +45,8 @@ from typing import Any, Mapping  # noqa: E402
 from runwire.run import Run  # noqa: E402
 
 __all__ = ["Run", "init", "log", "finish", "flush", "start_run", "end_run", "log_metric", "log_metrics",
-           "log_param", "log_params", "set_tag", "set_tags", "active_run"]
+           "log_param", "log_params", "set_tag", "set_tags", "active_run", "log_artifact", "log_model",
+           "log_dataset", "download_artifact", "register_model"]
 __version__ = "0.1.0"
 
 _active: Run | None = None
@@ -130,3 +131,46 @@ def finish(exit_code: int = 0, timeout: float | None = None) -> dict[str, float]
 def end_run(status: str = "FINISHED") -> None:
     if _active is not None:
         _active.end_run(status)
+
+
+# -- reproducibility: artifacts, datasets, model registry ---------------------------------------
+
+
+def log_artifact(path, name: str | None = None, type: str = "", metadata: Mapping[str, Any] | None = None):
+    """Upload a file or directory in the background; see Run.log_artifact."""
+    return _run().log_artifact(path, name, type, metadata)
+
+
+def log_model(path, name: str = "model", metadata: Mapping[str, Any] | None = None):
+    return _run().log_model(path, name, metadata)
+
+
+def log_dataset(name: str, source, digest: str | None = None, context: str = "", schema=None, profile=None,
+                size_bytes: int | None = None) -> dict | None:
+    return _run().log_dataset(name, source, digest, context, schema, profile, size_bytes)
+
+
+def download_artifact(record, dest, store: str | None = None, endpoint_url: str | None = None):
+    """Download an artifact (a record or a digest) into `dest`, verifying every file's SHA-256."""
+    from runwire.artifacts import download_artifact as download
+
+    return download(record, dest, store, endpoint_url)
+
+
+def register_model(name: str, artifact: str = "model", run: Run | None = None, description: str = "",
+                   reason: str = "", actor: str | None = None, registry: str | None = None,
+                   timeout: float = 600.0) -> dict:
+    """Register the run's model artifact (default: the one logged as "model") as a new version of
+    `name` in the registry (RUNWIRE_REGISTRY); waits for its upload. Returns the version."""
+    run = run or _run()
+    if run._repro is None:
+        raise RuntimeError("runwire: this run is disabled (enabled=False): nothing to register")
+    return run._repro.register_model(name, artifact, description, reason, actor, registry, timeout)
+
+
+def __getattr__(name: str):
+    if name == "registry":  # `runwire.registry.open_registry()` without importing sqlite3 up front
+        import importlib
+
+        return importlib.import_module("runwire.registry")
+    raise AttributeError(name)

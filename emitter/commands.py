@@ -23,10 +23,15 @@ def add_gateway_options(parser) -> None:
 
 
 def cmd_sync(args) -> int:
+    from runwire.artifacts import finish_pending
     from runwire.exporter import EmitterConfig
     from runwire.proto.config import build
     from runwire.sync import sync
 
+    # Artifacts a killed run left half uploaded: upload the rest, spool their records (sent below).
+    finished, failed = finish_pending(args.spool_dir)
+    if finished or failed:
+        print(f"artifacts: finished {finished} pending upload(s), {failed} failed")
     gateway = build(EmitterConfig, {"gateway": args.gateway}).gateway
     print(f"runwire sync: delivering {args.spool_dir} to gateway {gateway}", flush=True)
     reports = sync(args.spool_dir, args.gateway, args.token, tls=args.tls, tls_ca_file=args.tls_ca_file)

@@ -18,6 +18,7 @@ from typing import Any
 from runwire import exporter as _exporter_module
 from runwire import spool as _spool
 from runwire.exporter import EmitterConfig, Exporter
+from runwire import repro
 from runwire.identity import layout_from_env, resolve_resume
 from runwire.proto import telemetry_pb2 as pb
 from runwire.proto.contract import MAX_KEY_LEN, MAX_VALUE_LEN, text_problem
@@ -98,6 +99,7 @@ class Run:
     def __init__(self, project: str = "default", name: str | None = None, config: Mapping[str, Any] | None = None,
                  tags: Mapping[str, str] | list[str] | None = None, run_id: str | None = None,
                  resume: str | None = None, **settings) -> None:
+        capture_settings, artifact_settings, settings = repro.split_settings(settings)  # reproducibility
         self.settings = EmitterConfig.from_settings(**settings)
         self.project = project
         self.layout = resolve_resume(layout_from_env(project=project, run_id=run_id), resume,
@@ -111,6 +113,7 @@ class Run:
         self._inert = not self.settings.enabled
         self._exporter: Exporter | None = None
         self._sampler = None
+        self._repro: repro.Repro | None = None
         tag_map = {t: "" for t in tags} if isinstance(tags, list) else dict(tags or {})
         self.config = Config(self, config or {})
         if self._inert:
@@ -144,6 +147,9 @@ class Run:
             start_recovery(self._exporter)
         if self.settings.gpu:
             self._start_gpu_sampler()
+        # Reproducibility: metadata capture on its own thread, artifacts uploaded in the background.
+        self._repro = repro.Repro(self, capture_settings, artifact_settings,
+                                  self.settings.spool_dir or str(_spool.default_root()))
         _live_runs.add(self)
 
     # -- metrics: the hot path ----------------------------------------------------------
@@ -199,6 +205,26 @@ class Run:
     def set_tag(self, key: str, value: Any) -> None:
         self.set_tags({key: value})
 
+    # -- reproducibility: artifacts and datasets (runwire.repro) ---------------------------
+    def log_artifact(self, path, name: str | None = None, type: str = "", metadata: Mapping[str, Any] | None = None):
+        """Upload a file or directory in the background (content-addressed by SHA-256); returns
+        at once with an ArtifactRef (`.wait()` for the stored record). name: default the file name."""
+        if self._repro is None or self._inert:  # disabled, or a forked child
+            return None
+        return self._repro.log_artifact(path, name, type, dict(metadata) if metadata else None)
+
+    def log_model(self, path, name: str = "model", metadata: Mapping[str, Any] | None = None):
+        """log_artifact(path, name, type="model"): what the model registry registers."""
+        return self.log_artifact(path, name, "model", metadata)
+
+    def log_dataset(self, name: str, source, digest: str | None = None, context: str = "", schema=None,
+                    profile=None, size_bytes: int | None = None) -> dict | None:
+        """Record a dataset: source URI or path, content digest (computed for a local file or
+        directory when not given), context ("training", "eval"), optional schema and profile."""
+        if self._repro is None or self._inert:  # disabled, or a forked child
+            return None
+        return self._repro.log_dataset(name, source, digest, context, schema, profile, size_bytes)
+
     # -- GPU -----------------------------------------------------------------------------
     def _start_gpu_sampler(self) -> None:
         from runwire import gpu, gpu_wire
@@ -231,6 +257,8 @@ class Run:
             self._inert = True  # log() after finish is a no-op
         if self._sampler is not None:
             self._sampler.shutdown()
+        if self._repro is not None:
+            self._repro.shutdown(timeout)  # uploads first: their records must precede the RunEnd
         end = pb.RunEnd(end_time_ns=time.time_ns(), exit_code=exit_code)
         for key, value in self.summary.items():
             try:
@@ -238,6 +266,8 @@ class Run:
             except (TypeError, ValueError):
                 pass
         result = self._exporter.close(end, self.settings.finish_timeout_s if timeout is None else timeout)
+        if self._repro is not None:
+            self._repro.closed(result.get("runwire.unacked", 1) == 0)  # artifact journals can go
         self.summary.update({k: v for k, v in result.items() if k.startswith("runwire.")})
         _live_runs.discard(self)
         return dict(self.summary)

@@ -752,6 +752,38 @@ class RunQueries:
                 "rows": [tuple(_utc(v) for v in row) for row in rows[:max_rows]],
                 "truncated": len(rows) > max_rows}
 
+    # --- artifacts and datasets (tables of migration 0006) -------------------------------------
+
+    _ARTIFACT_COLUMNS = "name, toString(type) AS type, digest, size_bytes, files, store, endpoint, metadata, updated_at"
+
+    def list_artifacts(self, run_id: str, project: str | None = None) -> list[dict]:
+        """The run's artifacts by name: type, digest (of the manifest), size_bytes, files, store,
+        endpoint, metadata (JSON text). Only artifacts whose every byte is in the store."""
+        project = self._resolve([run_id], project)[run_id]
+        return self._query(
+            f"SELECT {self._ARTIFACT_COLUMNS} FROM artifacts FINAL "
+            "WHERE project = {p:String} AND run_id = {r:String} ORDER BY name", {"p": project, "r": run_id})
+
+    def get_artifact(self, run_id: str, name: str, project: str | None = None) -> dict:
+        """One artifact of a run (see list_artifacts); NotFound when the run has none by that name."""
+        project = self._resolve([run_id], project)[run_id]
+        rows = self._query(
+            f"SELECT {self._ARTIFACT_COLUMNS} FROM artifacts FINAL "
+            "WHERE project = {p:String} AND run_id = {r:String} AND name = {n:String}",
+            {"p": project, "r": run_id, "n": name})
+        if not rows:
+            raise NotFound(f"run {run_id!r} has no artifact {name!r}")
+        return rows[0]
+
+    def list_datasets(self, run_id: str, project: str | None = None) -> list[dict]:
+        """The datasets a run logged: name, digest, source, source_type, context, size_bytes,
+        files, schema, profile."""
+        project = self._resolve([run_id], project)[run_id]
+        return self._query(
+            "SELECT name, digest, source, toString(source_type) AS source_type, toString(context) AS context, "
+            "size_bytes, files, schema, profile FROM datasets FINAL "
+            "WHERE project = {p:String} AND run_id = {r:String} ORDER BY name", {"p": project, "r": run_id})
+
 
 def _combine_ranks(per_rank: str, across_ranks: bool) -> str:
     """The outer query over per-(rank, bucket) rows r_min, r_max, r_point (the rank's last point

@@ -30,6 +30,9 @@ Fixtures:
     fresh_database (function)      name of a new, empty ClickHouse database, dropped after.
     new_topic (function)           factory ``new_topic(partitions=1, prefix="t") -> name``:
                                    creates a uniquely named topic, deleted after the test.
+    s3_server (session)            a real S3 endpoint on loopback (moto's server in a child
+                                   process, ``runwire.deploy.local.s3.S3Server``), stopped at the end.
+    s3_bucket (function)           (endpoint_url, bucket): a new bucket; AWS_* test credentials set.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ import pytest
 _INFRA_FIXTURES = {
     "kafka_bootstrap", "clickhouse_url", "kafka_server", "clickhouse_server",
     "restartable_kafka", "restartable_clickhouse", "clickhouse_client", "fresh_database",
-    "new_topic",
+    "new_topic", "s3_server", "s3_bucket",
 }
 
 
@@ -292,3 +295,47 @@ def fresh_database(clickhouse_client) -> Iterator[str]:
             clickhouse_client.command(f"DROP DATABASE IF EXISTS {name} SYNC")
         except Exception:  # noqa: BLE001 - best effort (the server may be down in a fault test)
             pass
+
+
+# ------------------------------------------------------------------------------------------
+# S3 (moto's server mode on loopback)
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """The session's S3 endpoint (``S3Server``: ``endpoint_url``, ``client()``)."""
+    try:
+        from runwire.deploy.local.s3 import S3Server
+
+        server = S3Server().start()
+    except Exception as e:  # noqa: BLE001 - moto missing, start failure
+        _unavailable("S3 (moto server)", str(e))
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, monkeypatch):
+    """(endpoint_url, bucket name) of a new bucket; the test's process and children get
+    moto's test credentials through AWS_* variables."""
+    from runwire.deploy.local.s3 import TEST_CREDENTIALS
+
+    for key, value in TEST_CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    bucket = f"rw-{uuid.uuid4().hex[:12]}"
+    s3_server.client().create_bucket(Bucket=bucket)
+    yield s3_server.endpoint_url, bucket
+
+
+@pytest.fixture(autouse=True)
+def _artifacts_stay_in_tmp(tmp_path_factory, monkeypatch):
+    """Runs started by any test (and their child processes) keep artifacts in a temporary store,
+    never in the user's ~/.local/share, and skip metadata capture (its tags and artifacts would
+    change what emitter tests count); the reproducibility tests turn capture on explicitly."""
+    if "RUNWIRE_ARTIFACT_STORE" not in os.environ:
+        monkeypatch.setenv("RUNWIRE_ARTIFACT_STORE", str(tmp_path_factory.getbasetemp() / "artifact-store"))
+    if "RUNWIRE_CAPTURE" not in os.environ:
+        monkeypatch.setenv("RUNWIRE_CAPTURE", "false")

@@ -328,3 +328,74 @@ FROM (SELECT project, run_id, name, rank, min(min_value) AS min_value, max(max_v
              max(last_key) AS k, max(max_step) AS s, argMaxMerge(last_point) AS v
       FROM runwire.metrics_1m GROUP BY project, run_id, name, rank, minute)
 GROUP BY project, run_id, name;
+
+-- from 0006_artifacts_datasets.sql
+CREATE TABLE IF NOT EXISTS runwire.artifacts_local ON CLUSTER runwire
+(
+    project     LowCardinality(String),
+    run_id      String,
+    name        String,
+    type        LowCardinality(String),
+    digest      String,           -- SHA-256 of the manifest (what runwire.download_artifact takes)
+    size_bytes  UInt64,
+    files       UInt64,
+    store       String,           -- directory or s3://bucket/prefix, no credentials
+    endpoint    String,
+    metadata    String,           -- JSON, '' when none
+    updated_at  DateTime64(9, 'UTC')
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/runwire/artifacts', '{replica}', updated_at)
+ORDER BY (project, run_id, name);
+
+CREATE TABLE IF NOT EXISTS runwire.artifacts ON CLUSTER runwire AS runwire.artifacts_local
+ENGINE = Distributed(runwire, runwire, artifacts_local, cityHash64(project, run_id));
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS runwire.artifacts_mv ON CLUSTER runwire TO runwire.artifacts_local AS
+SELECT project, run_id,
+       substring(key, 18) AS name,
+       JSONExtractString(value, 'type') AS type,
+       JSONExtractString(value, 'digest') AS digest,
+       JSONExtractUInt(value, 'size') AS size_bytes,
+       JSONExtractUInt(value, 'files') AS files,
+       JSONExtractString(value, 'store') AS store,
+       JSONExtractString(value, 'endpoint') AS endpoint,
+       JSONExtractRaw(value, 'metadata') AS metadata,
+       updated_at
+FROM runwire.tags_local
+WHERE startsWith(key, 'runwire.artifact.');
+
+CREATE TABLE IF NOT EXISTS runwire.datasets_local ON CLUSTER runwire
+(
+    project      LowCardinality(String),
+    run_id       String,
+    name         String,
+    digest       String,          -- SHA-256 over the files' paths and content hashes, or the user's
+    source       String,          -- absolute path or URI
+    source_type  LowCardinality(String),  -- local, s3, hf, ...
+    context      LowCardinality(String),  -- training, eval, ... ('' when not given)
+    size_bytes   Nullable(UInt64),
+    files        Nullable(UInt64),
+    schema       String,          -- JSON as given, '' when none
+    profile      String,          -- JSON as given, '' when none
+    updated_at   DateTime64(9, 'UTC')
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/runwire/datasets', '{replica}', updated_at)
+ORDER BY (project, run_id, name);
+
+CREATE TABLE IF NOT EXISTS runwire.datasets ON CLUSTER runwire AS runwire.datasets_local
+ENGINE = Distributed(runwire, runwire, datasets_local, cityHash64(project, run_id));
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS runwire.datasets_mv ON CLUSTER runwire TO runwire.datasets_local AS
+SELECT project, run_id,
+       substring(key, 17) AS name,
+       JSONExtractString(value, 'digest') AS digest,
+       JSONExtractString(value, 'source') AS source,
+       JSONExtractString(value, 'source_type') AS source_type,
+       JSONExtractString(value, 'context') AS context,
+       if(JSONHas(value, 'size_bytes'), JSONExtractUInt(value, 'size_bytes'), NULL) AS size_bytes,
+       if(JSONHas(value, 'files'), JSONExtractUInt(value, 'files'), NULL) AS files,
+       JSONExtractString(value, 'schema') AS schema,
+       JSONExtractString(value, 'profile') AS profile,
+       updated_at
+FROM runwire.tags_local
+WHERE startsWith(key, 'runwire.dataset.');

@@ -60,7 +60,7 @@ def spool_dir(tmp_path) -> Path:
 
 def start(address: str, spool_dir: Path, **kwargs) -> runwire.Run:
     settings = dict(project=PROJECT, gpu=False, spool_dir=str(spool_dir), gateway=address,
-                    flush_interval_s=0.05, finish_timeout_s=20)
+                    flush_interval_s=0.05, finish_timeout_s=20, capture=False)  # metadata tags: test_repro_*
     settings.update(kwargs)
     return runwire.init(**settings)
 

@@ -107,25 +107,25 @@ def test_points_arrive_with_names_steps_and_values(gateway, sink, spool_dir):
 
 
 def test_a_busy_run_sends_full_envelopes_without_waiting_for_the_interval(gateway, sink, spool_dir):
-    run = start(gateway.address, spool_dir, flush_interval_s=2.0, batch_points=500)
-    ages = []
-    start_s = time.monotonic()
+    # An interval far longer than the test: with it alone, nothing would arrive before 30 s. A
+    # busy run sends each envelope as it fills, so most points arrive while it is still logging
+    # (a condition with a deadline, not a latency bound: it holds on a busy machine too).
+    run = start(gateway.address, spool_dir, flush_interval_s=30.0, batch_points=500)
     step = 0
-    while time.monotonic() - start_s < 4.0:  # ~10,000 points/s: an envelope's worth every 50 ms
+    started = time.monotonic()
+    while time.monotonic() - started < 2.0:  # ~10,000 points/s: an envelope's worth every 50 ms
         for _ in range(20):
             run.log({f"m{j}": 1.0 for j in range(10)}, step=step)
             step += 1
         time.sleep(0.02)
-        if time.monotonic() - start_s > 2.5 and len(ages) < 60:  # once the rate is known
-            newest = max((ts for _, _, _, ts, _ in sink.points()), default=0)
-            ages.append((time.time_ns() - newest) / 1e9)
+    logged = step * 10
+    assert sink.wait_for(lambda s: s.point_count() >= logged - 500, timeout=20), (sink.point_count(), logged)
+    assert time.monotonic() - started < 25  # well inside the 30 s interval
     assert_delivered(run.finish())
-    # With the 2 s interval alone, the newest delivered point would grow up to 2 s old here.
-    assert max(ages) < 1.0, ages
-    # ... and it still sends full envelopes: one not full per interval at most, plus the last.
+    # ... and it sends full envelopes only; the one it was filling goes at finish().
     sizes = [len(r["values"]) for r in sink.of_kind(codec.METRICS)]
-    assert len(sink.points()) == step * 10
-    assert len(sizes) > 50 and sum(size < 500 for size in sizes) <= 4, sizes
+    assert len(sink.points()) == logged
+    assert len(sizes) > 20 and sum(size < 500 for size in sizes) <= 1, sizes
 
 
 def test_a_quiet_run_sends_at_most_one_envelope_per_interval(gateway, sink, spool_dir):

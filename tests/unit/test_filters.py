@@ -318,7 +318,7 @@ def test_referenced_keys():
     used = referenced_keys(node, parse_order_by(["metrics.z DESC", "attributes.start_time"]))
     assert used == {"metrics": {"a", "z"}, "params": {"b"}, "tags": {"c"}, "attributes": {"name", "start_time"},
                     "datasets": set()}
-    assert referenced_keys(None) == {"metrics": set(), "params": set(), "tags": set(), "attributes": set()}
+    assert referenced_keys(None) == {"metrics": set(), "params": set(), "tags": set(), "attributes": set(), "datasets": set()}
 
 
 # --- MLflow's grammar: entity-less attributes, back-ticked entities, datasets, unicode ------

@@ -137,9 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     # Command groups of the server side register themselves (their imports stay lazy).
     from runwire.storage import commands as storage_commands
     from runwire.ingest.alerts import commands as alert_commands
+    from runwire.ingest.mlflow import commands as mlflow_commands
 
     storage_commands.register(sub)
     alert_commands.register(sub)
+    mlflow_commands.register(sub)
 
     p = sub.add_parser("sync", help="deliver envelopes left in a spool directory")
     p.add_argument("spool_dir")

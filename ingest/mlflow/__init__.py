@@ -1,0 +1,6 @@
+"""MLflow's tracking REST API served by runwire: `runwire mlflow-server`.
+
+protocol.py  pure: MLflow request fields -> runwire Envelopes, rows -> MLflow JSON, errors
+service.py   the endpoints: writes through the gateway's sink, reads through RunQueries
+server.py    the ASGI app (Starlette + uvicorn), configuration, the CLI command
+"""

@@ -65,6 +65,9 @@ class MlflowServerConfig:
     clickhouse_database: str = "runwire"
     tokens: dict[str, str] = secret(default_factory=dict)  # project -> bearer token; empty: no auth
     ack_timeout_s: float = 30.0              # how long a write waits for the pipeline's acknowledgement
+    default_artifact_root: str = ""          # new experiments' artifacts go under ROOT/<id> (as `mlflow server
+                                             # --default-artifact-root`); empty: mlflow-artifacts:/<id>, which
+                                             # runwire does not serve yet
 
     def problems(self) -> list[str]:
         out = []
@@ -218,6 +221,6 @@ def create_server(config: MlflowServerConfig, sink=None) -> MlflowServer:
     if own_sink:
         sink = sinks.KafkaSink.create(config) if config.mode == "kafka" else sinks.DirectSink.create(config)
     service = MlflowService(RunQueries(client), MlflowMetaWriter(client), sink, config.tokens,
-                            ack_timeout_s=config.ack_timeout_s)
+                            ack_timeout_s=config.ack_timeout_s, artifact_root=config.default_artifact_root)
     service.ensure_default_experiment()
     return MlflowServer(service, config.mlflow_listen, sink if own_sink else None, client)

@@ -72,12 +72,13 @@ class MlflowService:
     -> response dict, or MlflowError."""
 
     def __init__(self, queries: RunQueries, meta: MlflowMetaWriter, sink, tokens: dict[str, str] | None = None,
-                 ack_timeout_s: float = 30.0, cache_ttl_s: float = 5.0) -> None:
+                 ack_timeout_s: float = 30.0, cache_ttl_s: float = 5.0, artifact_root: str = "") -> None:
         self.queries = queries
         self.meta = meta
         self.sink = sink
         self.tokens = dict(tokens or {})
         self.ack_timeout_s = ack_timeout_s
+        self.artifact_root = artifact_root.rstrip("/") or "mlflow-artifacts:"
         self._runs = _Ttl(cache_ttl_s)   # run_id -> info row, for the write path's checks
         self._experiments = _Ttl(cache_ttl_s)
         self._create_lock = threading.Lock()
@@ -143,7 +144,7 @@ class MlflowService:
             now = _now_ms()
             self.meta.put_experiment({
                 "experiment_id": DEFAULT_EXPERIMENT_ID, "name": DEFAULT_EXPERIMENT_NAME,
-                "project": DEFAULT_EXPERIMENT_NAME, "artifact_location": f"mlflow-artifacts:/{DEFAULT_EXPERIMENT_ID}",
+                "project": DEFAULT_EXPERIMENT_NAME, "artifact_location": f"{self.artifact_root}/{DEFAULT_EXPERIMENT_ID}",
                 "lifecycle_stage": ACTIVE, "tags": {}, "creation_time": now, "last_update_time": now})
 
     def _experiment(self, experiment_id, allowed=None) -> dict:
@@ -176,7 +177,7 @@ class MlflowService:
             now = _now_ms()
             self._put_experiment({
                 "experiment_id": experiment_id, "name": name, "project": project,
-                "artifact_location": body.get("artifact_location") or f"mlflow-artifacts:/{experiment_id}",
+                "artifact_location": body.get("artifact_location") or f"{self.artifact_root}/{experiment_id}",
                 "lifecycle_stage": ACTIVE, "tags": tags, "creation_time": now, "last_update_time": now})
         return {"experiment_id": experiment_id}
 

@@ -507,53 +507,36 @@ class MlflowService:
             raise invalid("If either start step or end step are specified, both must be specified.")
         if start is not None and start > end:
             raise invalid(f"end_step must be greater than start_step. Found start_step={start} and end_step={end}.")
-        histories = {}
+        out = []
         for run_id in run_ids:
             info = self._run(run_id, allowed)
-            histories[run_id] = self.queries.mlflow_metric_history(info["project"], run_id, key)
-        out = []
-        for run_id, points in sample_bulk_interval(histories, max_results, start, end):
+            history = self.queries.mlflow_metric_history(info["project"], run_id, key)
             out.extend({"key": key, "value": P.json_value(p["value"]), "timestamp": p["timestamp"], "step": p["step"],
-                        "run_id": run_id} for p in points)
+                        "run_id": run_id} for p in sample_bulk_interval(history, max_results, start, end))
         return {"metrics": out}
 
 
-def sample_bulk_interval(histories: dict[str, list[dict]], max_results: int, start: int | None,
-                         end: int | None) -> list[tuple[str, list[dict]]]:
-    """MLflow's step sampling for the UI's charts (mlflow.store.tracking.abstract_store
-    get_metric_history_bulk_interval): about ``max_results`` steps shared by all runs, always
-    keeping each run's first and last step."""
-    import bisect
-
-    all_runs = [[p["step"] for p in points] for points in histories.values()]
-    ends = {s for run in all_runs if run for s in (min(run), max(run))}
-    all_steps = sorted({s for run in all_runs for s in run})
-    if start is None:
-        start, end = 0, (all_steps[-1] if all_steps else 0)
-    ends = {s for s in ends if start <= s <= end}
-    lo, hi = bisect.bisect_left(all_steps, start), bisect.bisect_right(all_steps, end)
-    if hi - lo <= max_results:
-        sampled = set(all_steps[lo:hi])
-    else:
-        interval = (hi - lo) / max_results
-        sampled = {all_steps[lo + int(i * interval)] for i in range(max_results) if lo + int(i * interval) < hi}
-        sampled.add(all_steps[hi - 1])
-    steps = sorted(sampled | ends)
-    per_run = max(max_results, len(steps))
-    wanted = set(steps)
-    out = []
-    for run_id, points in histories.items():
-        chosen = sorted((p for p in points if p["step"] in wanted), key=lambda p: (p["step"], p["timestamp"]))
-        out.append((run_id, [chosen[i] for i in _evenly_spaced(len(chosen), per_run)]))
-    return out
-
-
-def _evenly_spaced(n: int, k: int) -> list[int]:
-    if n <= k:
-        return list(range(n))
-    if k == 1:
-        return [n - 1]
-    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
+def sample_bulk_interval(history: list[dict], max_results: int, start: int | None, end: int | None) -> list[dict]:
+    """MLflow's sampling for the UI's charts (its SQL store, _sample_metric_history_single_run):
+    the points in step order (then time, value), split into ``max_results`` NTILE buckets, the
+    first point of each, and the very last point in place of (or after) the final one."""
+    points = sorted((p for p in history if start is None or start <= p["step"] <= end),
+                    key=lambda p: (p["step"], p["timestamp"], p["value"]))
+    n = len(points)
+    if not n:
+        return []
+    # NTILE(k): the first n % k buckets hold one row more than the others.
+    size, extra = divmod(n, max_results)
+    firsts, i = [], 0
+    for bucket in range(min(max_results, n)):
+        firsts.append(points[i])
+        i += size + (1 if bucket < extra else 0)
+    if firsts[-1] is not points[-1]:
+        if len(firsts) >= max_results:
+            firsts[-1] = points[-1]
+        else:
+            firsts.append(points[-1])
+    return firsts
 
 
 def _experiment_matcher(filter_string: str):

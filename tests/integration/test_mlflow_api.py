@@ -254,7 +254,7 @@ FILTERS = [
     ("tags.team = 'a' and metrics.acc >= 0.2", ["params.layers DESC", "attributes.run_name"]),
     ("attributes.status = 'FINISHED'", ["attributes.end_time DESC"]),
     ("`Run name` LIKE 'run-%' and params.layers != '1'", ["metrics.acc DESC"]),
-    ("run_name IN ('run-1', 'run-3')", None),
+    ("run_name != 'run-2'", ["tags.team DESC", "run_name"]),
     ("params.layers ILIKE '2' and tags.i IS NOT NULL", None),
     ("attributes.start_time > 1760000002000", ["start_time ASC"]),
     ("metrics.`val loss` <= 0.5", None),

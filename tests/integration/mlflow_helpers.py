@@ -18,7 +18,8 @@ from runwire.ingest.mlflow.server import MlflowServerConfig, create_server
 
 
 def wait_for(check, timeout: float = 60.0, interval: float = 0.2, what: str = "condition"):
-    """Poll ``check()`` until it returns a truthy value; that value, or AssertionError at the deadline."""
+    """Poll ``check()`` until it returns something other than None or False; that value, or
+    AssertionError at the deadline."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -27,7 +28,7 @@ def wait_for(check, timeout: float = 60.0, interval: float = 0.2, what: str = "c
         except AssertionError as exc:
             last = exc
         else:
-            if last:
+            if last is not None and last is not False:
                 return last
         time.sleep(interval)
     raise AssertionError(f"timed out waiting for {what}: last {last!r}")

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install kafka-jars chromium test test-unit demo up proto bench bench-emitter bench-e2e bench-query bench-alerts bench-streams clean
+.PHONY: install kafka-jars chromium test test-unit demo up proto bench bench-emitter bench-e2e bench-query bench-alerts bench-streams bench-mlflow clean
 
 $(STAMP): pyproject.toml
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
@@ -66,6 +66,10 @@ bench-alerts: $(BENCH_STAMP) kafka-jars
 bench-streams: $(BENCH_STAMP) kafka-jars
 	mkdir -p build/bench
 	$(PYTHON) bench/streams.py --out build/bench/streams.json
+
+bench-mlflow: $(BENCH_STAMP) kafka-jars
+	mkdir -p build/bench
+	$(PYTHON) bench/mlflow.py --out build/bench/mlflow.json
 
 clean:
 	rm -rf build $(VENV)

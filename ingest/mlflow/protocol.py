@@ -14,9 +14,9 @@ import json
 import math
 import random
 import re
+import struct
 
 from runwire.proto import telemetry_pb2 as pb
-from runwire.wire import metric_batch
 
 # MLflow's limits (mlflow.utils.validation), so the client sees the errors it knows.
 MAX_METRICS_PER_BATCH = 1000
@@ -222,7 +222,7 @@ def run_end(ident: pb.Identity, status: str, end_ms: int) -> pb.Envelope:
 
 def metric_points(metrics: list) -> tuple[list[str], list[int], list[int], list[int], list[float]]:
     """Parsed MLflow metrics [{key, value, timestamp, step}] -> (names, name_index, steps,
-    timestamps_ns, values), validated as MLflow's server does. Lists: runwire.wire packs a list
+    timestamps_ns, values), validated as MLflow's server does. Lists: struct packs a list
     with one struct call."""
     names: dict[str, int] = {}
     index, steps, stamps, values = [], [], [], []
@@ -252,8 +252,13 @@ def metric_points(metrics: list) -> tuple[list[str], list[int], list[int], list[
 
 
 def metric_envelope(ident: pb.Identity, seq: int, points) -> pb.Envelope:
+    """The MetricBatch's packed little-endian columns (uint32, int64, int64, float64; the
+    contract's layout, runwire.ingest.codec.METRIC_COLUMNS)."""
     names, index, steps, stamps, values = points
-    return pb.Envelope(seq=seq, identity=ident, metrics=metric_batch(names, index, steps, stamps, values))
+    n = len(values)
+    return pb.Envelope(seq=seq, identity=ident, metrics=pb.MetricBatch(
+        names=names, name_index=struct.pack(f"<{n}I", *index), steps=struct.pack(f"<{n}q", *steps),
+        timestamps_ns=struct.pack(f"<{n}q", *stamps), values=struct.pack(f"<{n}d", *values)))
 
 
 def params_envelope(ident: pb.Identity, seq: int, params: dict[str, str]) -> pb.Envelope:

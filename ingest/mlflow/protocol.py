@@ -222,8 +222,7 @@ def run_end(ident: pb.Identity, status: str, end_ms: int) -> pb.Envelope:
 
 def metric_points(metrics: list) -> tuple[list[str], list[int], list[int], list[int], list[float]]:
     """Parsed MLflow metrics [{key, value, timestamp, step}] -> (names, name_index, steps,
-    timestamps_ns, values), validated as MLflow's server does. Lists: struct packs a list
-    with one struct call."""
+    timestamps_ns, values) as lists, validated as MLflow's server does."""
     names: dict[str, int] = {}
     index, steps, stamps, values = [], [], [], []
     for m in metrics:

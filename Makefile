@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install kafka-jars chromium test test-unit demo up proto bench bench-emitter bench-e2e bench-query bench-alerts bench-streams bench-mlflow clean
+.PHONY: install kafka-jars chromium lint-imports fuzz test test-unit demo up proto bench bench-emitter bench-e2e bench-query bench-alerts bench-streams bench-mlflow clean
 
 $(STAMP): pyproject.toml
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
@@ -29,9 +29,17 @@ kafka-jars: install
 chromium:
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-test: install kafka-jars chromium
+test: install kafka-jars chromium lint-imports
 	mkdir -p build
 	RUNWIRE_REQUIRE_INFRA=1 $(PYTHON) -m pytest tests -ra --junitxml=build/test-results.xml $(PYTEST_ARGS)
+
+# The layering contracts (pyproject.toml [tool.importlinter]).
+lint-imports: install
+	$(PYTHON) scripts/lint_imports.py
+
+# The property-based tests with many more examples than `make test` runs.
+fuzz: install
+	HYPOTHESIS_PROFILE=long $(PYTHON) -m pytest tests/unit/test_properties.py -ra $(PYTEST_ARGS)
 
 test-unit: install
 	$(PYTHON) -m pytest tests/unit -ra $(PYTEST_ARGS)

@@ -152,7 +152,7 @@ def bench_runwire(args, data: str) -> dict:
         env = dict(os.environ, RUNWIRE_KAFKA_BOOTSTRAP=stack.kafka_bootstrap, RUNWIRE_CLICKHOUSE_URL=stack.clickhouse_url,
                    RUNWIRE_CLICKHOUSE_DATABASE=stack.database, RUNWIRE_TOPIC_PREFIX=stack.topic_prefix,
                    RUNWIRE_MLFLOW_LISTEN=f"127.0.0.1:{port}")
-        proc = subprocess.Popen([sys.executable, "-m", "runwire.cli", "mlflow-server"], env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "runwire.deploy.cli", "mlflow-server"], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         url = f"http://127.0.0.1:{port}"
         try:

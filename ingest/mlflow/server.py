@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from runwire.config import build, secret
+from runwire.proto.config import build, secret
 from runwire.ingest.mlflow.protocol import MlflowError
 from runwire.ingest.mlflow.service import MlflowService
 

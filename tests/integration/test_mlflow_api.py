@@ -103,7 +103,7 @@ def test_fluent_api_nested_runs_and_datasets_land_in_runwire(fluent, rw):
                     parameters={"r": parent.info.run_id}).result_rows == [(22,)]
     assert ch.query("SELECT toString(project), status, toString(launcher) FROM runs FINAL WHERE run_id = {r:String}",
                     parameters={"r": parent.info.run_id}).result_rows == [(experiment, "FINISHED", "mlflow")]
-    from runwire.cli import main
+    from runwire.deploy.cli import main
 
     out = io.StringIO()
     with redirect_stdout(out):

@@ -52,7 +52,7 @@ def runwire_mlflow(kafka_bootstrap: str, clickhouse_url: str, data_dir: str, tok
             yield server, stack
         finally:
             server.stop()
-            stack.client().command(f"DROP DATABASE IF EXISTS {database}")
+    stack.client().command(f"DROP DATABASE IF EXISTS {database}")  # after the ingest worker stopped
 
 
 def free_port() -> int:

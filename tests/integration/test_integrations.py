@@ -26,7 +26,7 @@ def stack(kafka_bootstrap, clickhouse_url, tmp_path_factory):
                     clickhouse_url=clickhouse_url, database=f"integ_{suffix}", topic_prefix=f"integ{suffix}.",
                     group_id=f"integ-{suffix}") as stack:
         yield stack
-        stack.client().command(f"DROP DATABASE IF EXISTS integ_{suffix}")
+    stack.client().command(f"DROP DATABASE IF EXISTS integ_{suffix}")  # after the ingest worker stopped
 
 
 def _train(stack, tmp_path, *args) -> str:

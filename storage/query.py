@@ -24,6 +24,7 @@ How the queries stay fast at scale (see bench/query.py):
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import time
 from typing import Any, Iterable, Sequence
@@ -748,37 +749,44 @@ class RunQueries:
         params = {"ps": sorted({p for p, _ in runs}), "rs": sorted({r for _, r in runs}), "tomb": deleted_tag}
         scope = "project IN {ps:Array(String)} AND run_id IN {rs:Array(String)}"
         out = {r: {"params": {}, "tags": {}, "metrics": {}, "inputs": []} for _, r in runs}
-        kv = self._query(
-            "SELECT kind, run_id, key, value FROM ("
-            f" SELECT 'params' AS kind, run_id, key, value FROM params FINAL WHERE {scope}"
-            f" UNION ALL SELECT 'tags' AS kind, run_id, key, value FROM tags FINAL WHERE {scope}"
-            ") WHERE value != {tomb:String} ORDER BY kind, run_id, key", params)
-        for row in kv:
-            if row["run_id"] in out:
-                out[row["run_id"]][row["kind"]][row["key"]] = row["value"]
-        latest = self._query(
-            "SELECT run_id, toString(name) AS key, step, argMax(value, (ts, value)) AS value, "
-            "toUnixTimestamp64Milli(max(ts)) AS timestamp FROM metrics "
-            f"WHERE {scope} AND (run_id, name, step) IN ("
-            f" SELECT run_id, name, max(last_step) FROM metrics_summary WHERE {scope} GROUP BY run_id, name) "
-            "GROUP BY run_id, name, step ORDER BY run_id, key", params)
-        for row in latest:
-            if row["run_id"] in out:
-                out[row["run_id"]]["metrics"][row["key"]] = {
-                    "value": row["value"], "timestamp": int(row["timestamp"]), "step": int(row["step"])}
-        inputs = self._query(
-            "SELECT run_id, name, digest, source_type, source, schema, profile, input_tags, context "
-            "FROM mlflow_inputs FINAL WHERE run_id IN {rs:Array(String)} ORDER BY run_id, name, digest", params)
-        for row in inputs:
-            if row["run_id"] in out:
-                row["input_tags"] = dict(row["input_tags"])
-                out[row.pop("run_id")]["inputs"].append(row)
+        # One round trip. MLflow runs have rank 0 only: with the rank fixed, the step of the
+        # latest point is in the sorting-key prefix and the point lookup reads a few granules.
+        rows = self._query(
+            "SELECT kind, run_id, key, value, number, timestamp, step FROM ("
+            f" SELECT 'params' AS kind, run_id, key, value, nan AS number, 0 AS timestamp, 0 AS step "
+            f" FROM params FINAL WHERE {scope}"
+            f" UNION ALL SELECT 'tags', run_id, key, value, nan, 0, 0 FROM tags FINAL WHERE {scope}"
+            # (no aliases after the first SELECT: `'' AS value` would shadow the column `value`)
+            " UNION ALL SELECT 'metrics', run_id, toString(name), '', argMax(value, (ts, value)),"
+            " toUnixTimestamp64Milli(max(ts)), step FROM metrics "
+            f" WHERE {scope} AND rank = 0 AND (run_id, name, step) IN ("
+            f"  SELECT run_id, name, max(last_step) FROM metrics_summary WHERE {scope} GROUP BY run_id, name)"
+            " GROUP BY run_id, name, step"
+            " UNION ALL SELECT 'inputs', run_id, name,"
+            " toJSONString((digest, source_type, source, schema, profile, input_tags, context)), nan, 0, 0"
+            " FROM mlflow_inputs FINAL WHERE run_id IN {rs:Array(String)}"
+            ") WHERE NOT (kind = 'tags' AND value = {tomb:String}) ORDER BY kind, run_id, key, value", params)
+        for row in rows:
+            data = out.get(row["run_id"])
+            if data is None:
+                continue
+            kind = row["kind"]
+            if kind == "metrics":
+                data["metrics"][row["key"]] = {"value": row["number"], "timestamp": int(row["timestamp"]),
+                                               "step": int(row["step"])}
+            elif kind == "inputs":
+                digest, source_type, source, schema, profile, input_tags, context = json.loads(row["value"])
+                data["inputs"].append({"name": row["key"], "digest": digest, "source_type": source_type,
+                                       "source": source, "schema": schema, "profile": profile,
+                                       "input_tags": input_tags, "context": context})
+            else:
+                data[kind][row["key"]] = row["value"]
         return out
 
     def mlflow_search_runs(self, projects: Sequence[str], filter_string: str = "",
                            order_by: Sequence[str] | None = None, lifecycle_stages: Sequence[str] = ("active",),
                            limit: int = 1000, offset: int = 0, deleted_tag: str = "") -> list[dict]:
-        """One page of MLflow runs in these projects: [{run_id, project}] in MLflow's order
+        """One page of MLflow runs in these projects, rows as mlflow_runs() gives them, in MLflow's order
         (order_by, then start time newest first, then run id). Filter grammar:
         runwire.storage.filters, with MLflow's attributes (user_id, artifact_uri) and datasets.
         Raises FilterError."""
@@ -819,8 +827,11 @@ class RunQueries:
                          "groupArray(context) AS c FROM mlflow_inputs FINAL GROUP BY run_id) AS ds_ ON ds_.run_id = r.run_id")
             datasets = "ds_.n AS ds_name, ds_.d AS ds_digest, ds_.c AS ds_context"
         sql = (
-            "SELECT run_id, project FROM ("
+            "SELECT run_id, project, experiment_id, name, user_id, status, start_ms, end_ms, artifact_uri, "
+            "lifecycle_stage, deleted_time FROM ("
             " SELECT r.run_id AS run_id, toString(r.project) AS project, r.name AS name, toString(r.status) AS status,"
+            " r.experiment_id AS experiment_id, r.start_time AS start_ms, r.end_time AS end_ms,"
+            " r.deleted_time AS deleted_time,"
             " r.user_id AS user_id, r.artifact_uri AS artifact_uri, toString(r.lifecycle_stage) AS lifecycle_stage,"
             " fromUnixTimestamp64Milli(r.start_time, 'UTC') AS start_time,"
             " if(isNull(r.end_time), NULL, fromUnixTimestamp64Milli(assumeNotNull(r.end_time), 'UTC')) AS end_time,"
@@ -829,7 +840,10 @@ class RunQueries:
             f") WHERE lifecycle_stage IN {{stages:Array(String)}} AND {where} "
             f"ORDER BY {', '.join(order_terms + ['start_time DESC', 'run_id ASC'])} "
             "LIMIT {limit:UInt64} OFFSET {offset:UInt64}")
-        return self._query(sql, params)
+        rows = self._query(sql, params)
+        for row in rows:  # the same fields as mlflow_runs()
+            row["start_time"], row["end_time"] = row.pop("start_ms"), row.pop("end_ms")
+        return rows
 
     def mlflow_metric_history(self, project: str, run_id: str, key: str) -> list[dict]:
         """Every point of one metric of one MLflow run, replays removed: [{step, timestamp (ms),

@@ -241,9 +241,9 @@ class MlflowService:
         experiment.update(lifecycle_stage=stage, last_update_time=now)
         self._put_experiment(experiment)
         # As MLflow's SQL store: the experiment's runs follow it.
-        ids = [r["run_id"] for r in self.queries.mlflow_search_runs(
-            [experiment["project"]], lifecycle_stages=(ACTIVE, DELETED), limit=10**9, deleted_tag=DELETED_TAG)]
-        runs = [r for r in self.queries.mlflow_runs(ids).values() if r["experiment_id"] == experiment["experiment_id"]]
+        runs = [r for r in self.queries.mlflow_search_runs([experiment["project"]], lifecycle_stages=(ACTIVE, DELETED),
+                                                            limit=10**9, deleted_tag=DELETED_TAG)
+                if r["experiment_id"] == experiment["experiment_id"]]
         for run in runs:
             run.update(lifecycle_stage=stage, deleted_time=now if stage == DELETED else None)
             self._runs.drop(run["run_id"])
@@ -374,8 +374,7 @@ class MlflowService:
         except QueryError as exc:
             raise invalid(str(exc)) from None
         wanted = {e["experiment_id"] for e in experiments}
-        infos = self.queries.mlflow_runs([r["run_id"] for r in found])
-        rows = [infos[r["run_id"]] for r in found if r["run_id"] in infos and infos[r["run_id"]]["experiment_id"] in wanted]
+        rows = [r for r in found if r["experiment_id"] in wanted]
         data = self.queries.mlflow_run_data([(r["project"], r["run_id"]) for r in rows], DELETED_TAG)
         out: dict = {"runs": [P.run_json(r, data[r["run_id"]]) for r in rows]}
         if len(found) == max_results:

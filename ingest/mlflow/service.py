@@ -204,7 +204,7 @@ class MlflowService:
         matches = _experiment_matcher(body.get("filter") or "")
         rows = [e for e in self.queries.mlflow_experiments() if e["lifecycle_stage"] in stages and matches(e)
                 and (allowed is None or e["project"] in allowed)]
-        rows.sort(key=_experiment_order(body.get("order_by") or []))
+        _sort_experiments(rows, list(body.get("order_by") or []))
         offset = P.decode_page_token(body.get("page_token"))
         page = rows[offset:offset + max_results]
         out: dict = {"experiments": [P.experiment_json(e) for e in page]}
@@ -587,27 +587,21 @@ def _compare(actual, op: str, value) -> bool:
     raise invalid(f"Invalid comparator '{op}' for experiment search")
 
 
-def _experiment_order(order_by: list[str]):
-    """Sort key for MLflow's experiment order_by (default: creation_time DESC, experiment_id ASC)."""
+def _sort_experiments(rows: list[dict], order_by: list[str]) -> None:
+    """MLflow's experiment order_by, in place (default: creation_time DESC, then experiment_id)."""
     clauses = []
     for clause in order_by or ["creation_time DESC"]:
         parts = clause.strip().split()
-        field = parts[0].split(".", 1)[-1].strip("`")
-        if field not in ("name", "creation_time", "last_update_time", "experiment_id") or len(parts) > 2:
+        field = parts[0].split(".", 1)[-1].strip("`") if parts else ""
+        if field not in ("name", "creation_time", "last_update_time", "experiment_id") or len(parts) > 2 \
+                or (len(parts) == 2 and parts[1].upper() not in ("ASC", "DESC")):
             raise invalid(f"Invalid order_by clause '{clause}'")
-        clauses.append((field, len(parts) < 2 or parts[1].upper() != "DESC"))
+        clauses.append((field, len(parts) < 2 or parts[1].upper() == "ASC"))
 
-    def key(e):
-        out = []
-        for field, ascending in clauses + [("experiment_id", True)]:
-            value = e[field]
-            if field == "experiment_id":
-                value = int(value) if value.isdigit() else 0
-            if isinstance(value, str):
-                value = tuple(-ord(c) for c in value) if not ascending else value
-            elif not ascending:
-                value = -value
-            out.append(value)
-        return tuple(out)
+    def value(e: dict, field: str):
+        v = e[field]
+        return (int(v), "") if field == "experiment_id" and v.isdigit() else (0, v) if field == "experiment_id" else v
 
-    return key
+    rows.sort(key=lambda e: value(e, "experiment_id"))  # the tie-breaker; later sorts are stable
+    for field, ascending in reversed(clauses):
+        rows.sort(key=lambda e: value(e, field), reverse=not ascending)

@@ -213,6 +213,9 @@ def test_errors_have_mlflows_codes_and_statuses(rw):
     with pytest.raises(MlflowException) as err:
         client.create_experiment(name)
     assert err.value.error_code == "RESOURCE_ALREADY_EXISTS"
+    assert [e.experiment_id for e in client.search_experiments(filter_string=f"name = '{name}'")] == [experiment_id]
+    client.rename_experiment(experiment_id, f"{name}-renamed")
+    assert client.get_experiment(experiment_id).name == f"{name}-renamed"
     with pytest.raises(MlflowException) as err:
         client.search_runs([experiment_id], "metrics.loss < 'low'")
     assert err.value.error_code == "INVALID_PARAMETER_VALUE"

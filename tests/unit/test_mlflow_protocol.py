@@ -95,3 +95,16 @@ def test_a_port_in_use_is_refused():
         assert sock.getsockname()[1] > 0
     finally:
         sock.close()
+
+
+def test_experiments_sort_as_mlflow_orders_them():
+    from runwire.ingest.mlflow.service import _sort_experiments
+
+    rows = [{"experiment_id": i, "name": n, "creation_time": t, "last_update_time": t}
+            for i, n, t in (("10", "b", 5), ("2", "ab", 5), ("3", "a", 7))]
+    _sort_experiments(rows, [])
+    assert [r["experiment_id"] for r in rows] == ["3", "2", "10"]  # newest first, then id as a number
+    _sort_experiments(rows, ["name DESC"])
+    assert [r["name"] for r in rows] == ["b", "ab", "a"]
+    with pytest.raises(P.MlflowError):
+        _sort_experiments(rows, ["colour ASC"])

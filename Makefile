@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install kafka-jars chromium lint-imports fuzz test test-unit demo up proto bench bench-emitter bench-e2e bench-query bench-alerts bench-streams bench-artifacts clean
+.PHONY: install kafka-jars chromium lint-imports fuzz test test-unit demo up proto bench bench-emitter bench-e2e bench-query bench-alerts bench-streams bench-artifacts bench-mlflow clean
 
 $(STAMP): pyproject.toml
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
@@ -78,6 +78,9 @@ bench-streams: $(BENCH_STAMP) kafka-jars
 bench-artifacts: $(BENCH_STAMP)
 	mkdir -p build/bench
 	$(PYTHON) bench/artifacts.py --out build/bench/artifacts.json
+bench-mlflow: $(BENCH_STAMP) kafka-jars
+	mkdir -p build/bench
+	$(PYTHON) bench/mlflow.py --out build/bench/mlflow.json
 
 clean:
 	rm -rf build $(VENV)

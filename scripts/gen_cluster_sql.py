@@ -57,7 +57,16 @@ def _translate(statement: str) -> str | None:
         local = re.sub(r"ENGINE = (Replacing|Aggregating)MergeTree\b(?!\()", rf"ENGINE = Replicated\1MergeTree({zk})", local)
         columns = statement.split("ENGINE")[0]
         # Shard by run so every replay of a batch lands on the shard that holds the original.
-        key = "cityHash64(project, run_id)" if re.search(r"\brun_id\b", columns) else "cityHash64(project, host)"
+        def has(column: str) -> bool:
+            return re.search(rf"^\s*{column}\s", columns, re.M) is not None
+
+        if has("run_id"):
+            key = "cityHash64(project, run_id)" if has("project") else "cityHash64(run_id)"
+        elif has("host"):
+            key = "cityHash64(project, host)"
+        else:  # small metadata tables (mlflow_experiments): by their sorting key
+            first = re.search(r"ORDER BY \(?(\w+)", statement).group(1)
+            key = f"cityHash64({first})"
         distributed = (f"CREATE TABLE IF NOT EXISTS runwire.{t} ON CLUSTER runwire AS runwire.{t}_local\n"
                        f"ENGINE = Distributed(runwire, runwire, {t}_local, {key})")
         return local + ";\n\n" + distributed

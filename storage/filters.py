@@ -11,15 +11,24 @@ Grammar (keywords are case-insensitive; ``and`` binds tighter than ``or``)::
                 | key ["not"] ("like" | "ilike") string
                 | key ["not"] "in" "(" value ("," value)* ")"
                 | key "is" ["not"] "null"
-    key        := entity "." (bare | `back ticked` | "double quoted")
-    entity     := metrics | metric | params | param | parameters | parameter | tags | tag
-                | attributes | attribute | attr | run
+    key        := entity "." name | attribute
+    entity     := (metrics | metric | params | param | parameters | parameter | tags | tag
+                | attributes | attribute | attr | run | datasets | dataset), bare or `back ticked`
+    name       := bare | `back ticked` | "double quoted"
+    attribute  := bare | `back ticked`       (an attribute name without "attributes.")
     op         := "=" | "==" | "!=" | "<>" | "<" | "<=" | ">" | ">="
     value      := 'single quoted' | "double quoted" | number
 
-A bare key may contain letters, digits, ``_ . - /`` (``params.model.depth``); anything else
-(spaces, quotes) needs back ticks or double quotes: ``metrics.`val loss```. Strings escape their
-quote by doubling it (``'it''s'``) or with a backslash.
+A bare name may contain letters (any script: ``params.学习率``), digits, ``_ . - /``
+(``params.model.depth``); anything else (spaces, quotes) needs back ticks or double quotes:
+``metrics.`val loss```. An attribute may be named without its entity, as in MLflow:
+``status = 'FINISHED'``, ```Run name` LIKE 'bert%'``.
+
+Strings, as MLflow's server reads them: the text between the quotes is the value, verbatim.
+``''`` and a backslash before the quote keep a string open but are not unescaped, so
+``'it''s'`` matches the stored value ``it''s``, never ``it's`` (MLflow compares the same way;
+a value that holds its own quote character is best matched with LIKE and ``%``). The same holds
+for back-ticked and double-quoted names.
 
 Semantics:
 
@@ -30,10 +39,20 @@ Semantics:
 * ``params.KEY`` and ``tags.KEY`` are strings, compared as strings (=, !=, LIKE, ILIKE, IN) as
   in MLflow. Extension: compared with a number (``params.lr < 0.01``) the stored string is read
   as a number; values that are not numbers do not match.
-* ``attributes``: ``run_id``, ``run_name`` (alias ``name``), ``status``, ``project``
-  (strings), ``start_time`` and ``end_time`` (alias ``created`` for ``start_time``): compared
-  with a number (milliseconds since the epoch, as in MLflow) or an ISO-8601 string
-  (``'2025-01-31'``, ``'2025-01-31T12:00:00'``; UTC unless it carries an offset).
+* ``attributes``: ``run_id``, ``run_name`` (aliases ``name``, ``run name``, ``Run name``),
+  ``status``, ``project``, ``user_id``, ``artifact_uri`` (strings), ``start_time`` and
+  ``end_time`` (alias ``created`` for ``start_time``): compared with a number (milliseconds
+  since the epoch, as in MLflow) or an ISO-8601 string (``'2025-01-31'``,
+  ``'2025-01-31T12:00:00'``; UTC unless it carries an offset). Which attributes a query can
+  read depends on its :class:`Columns` (``user_id``, ``artifact_uri`` and datasets exist for
+  runs logged through the MLflow API).
+* ``datasets.name``, ``datasets.digest``, ``datasets.context`` (MLflow's ``log_input``): a run
+  matches when ANY of its datasets satisfies the comparison (=, !=, LIKE, ILIKE, IN, NOT IN).
+
+Where runwire deliberately differs from MLflow's server (extensions; a filter MLflow accepts
+means the same here): ``or`` and parentheses; ``IS NULL`` on metrics; IN on every string
+attribute and on params/tags (MLflow: run_id only); params/tags compared with numbers; times
+as ISO strings; ``-`` and ``/`` in bare names; ``==`` and ``<>``; keywords in any case.
 * A run that lacks the metric, param or tag matches no comparison on it, ``!=`` and
   ``NOT IN`` included (as in MLflow); ``IS NULL`` / ``IS NOT NULL`` test for presence.
 
@@ -55,24 +74,29 @@ __all__ = [
     "parse_filter", "parse_order_by", "compile_filter", "compile_order_by", "referenced_keys",
 ]
 
-METRICS, PARAMS, TAGS, ATTRIBUTES = "metrics", "params", "tags", "attributes"
+METRICS, PARAMS, TAGS, ATTRIBUTES, DATASETS = "metrics", "params", "tags", "attributes", "datasets"
 
 _ENTITIES = {
     "metric": METRICS, "metrics": METRICS,
     "param": PARAMS, "params": PARAMS, "parameter": PARAMS, "parameters": PARAMS,
     "tag": TAGS, "tags": TAGS,
     "attribute": ATTRIBUTES, "attributes": ATTRIBUTES, "attr": ATTRIBUTES, "run": ATTRIBUTES,
+    "dataset": DATASETS, "datasets": DATASETS,
 }
 
 # attribute name (and aliases) -> (canonical name, kind)
 _ATTRIBUTES = {
     "run_id": ("run_id", "string"),
-    "run_name": ("name", "string"), "name": ("name", "string"),
+    "run_name": ("name", "string"), "name": ("name", "string"), "run name": ("name", "string"),
     "status": ("status", "string"),
     "project": ("project", "string"),
+    "user_id": ("user_id", "string"),
+    "artifact_uri": ("artifact_uri", "string"),
     "start_time": ("start_time", "time"), "created": ("start_time", "time"),
     "end_time": ("end_time", "time"),
 }
+
+_DATASET_KEYS = ("name", "digest", "context")
 
 _COMPARATORS = {"=", "!=", "<", "<=", ">", ">="}
 _STRING_OPS = {"=", "!=", "LIKE", "ILIKE", "NOT LIKE", "NOT ILIKE", "IN", "NOT IN", "IS NULL", "IS NOT NULL"}
@@ -164,8 +188,8 @@ class _Token:
 
 _SPACE = re.compile(r"\s+")
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
-_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_BARE_KEY = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.\-/]*[A-Za-z0-9_\-/])?")
+_WORD = re.compile(r"[^\W\d]\w*")  # \w is Unicode-aware: letters of any script
+_BARE_KEY = re.compile(r"\w(?:[\w.\-/]*[\w\-/])?")
 _OPERATORS = ("!=", "<>", "<=", ">=", "==", "=", "<", ">")
 
 
@@ -174,22 +198,22 @@ def _describe(token: _Token) -> str:
 
 
 def _quoted(text: str, start: int) -> tuple[str, int]:
-    """The string quoted at text[start] (' " or `) and the offset after its closing quote."""
+    """The text quoted at text[start] (' " or `), verbatim, and the offset after its closing
+    quote. As MLflow's tokenizer (sqlparse): a doubled quote, and in ' and " strings a
+    backslash before the quote or a second backslash, keep the string open; nothing is
+    unescaped (MLflow's server compares the text between the quotes as it stands)."""
     quote = text[start]
-    out, i = [], start + 1
+    i = start + 1
     while i < len(text):
         ch = text[i]
-        if ch == "\\" and i + 1 < len(text) and text[i + 1] in (quote, "\\"):
-            out.append(text[i + 1])
+        if ch == "\\" and quote != "`" and i + 1 < len(text) and text[i + 1] in (quote, "\\"):
             i += 2
         elif ch == quote:
-            if i + 1 < len(text) and text[i + 1] == quote:  # SQL-style doubled quote
-                out.append(quote)
+            if i + 1 < len(text) and text[i + 1] == quote:
                 i += 2
             else:
-                return "".join(out), i + 1
+                return text[start + 1:i], i + 1
         else:
-            out.append(ch)
             i += 1
     raise FilterError(f"unterminated {quote} quote", text, start)
 
@@ -214,6 +238,12 @@ def _tokens(text: str) -> list[_Token]:
             tokens.append(_Token("op", {"<>": "!=", "==": "="}.get(op, op), i, op))
             i += len(op)
             continue
+        if ch == "`":
+            value, end = _quoted(text, i)
+            if end < n and text[end] == ".":  # `metric`.name: a back-ticked entity
+                tokens.append(_key_token(text, i, value, end + 1))
+                i = tokens[-1].position + len(tokens[-1].text)
+                continue
         if ch in "'\"`":
             value, end = _quoted(text, i)
             tokens.append(_Token({"'": "string", '"': "string", "`": "backtick"}[ch], value, i, text[i:end]))
@@ -240,8 +270,8 @@ def _tokens(text: str) -> list[_Token]:
 def _key_token(text: str, start: int, entity_text: str, key_start: int) -> _Token:
     entity = _ENTITIES.get(entity_text.lower())
     if entity is None:
-        raise FilterError(f"unknown entity {entity_text!r}: expected metrics., params., tags. or attributes.",
-                          text, start)
+        raise FilterError(f"unknown entity {entity_text!r}: expected metrics., params., tags., attributes. "
+                          "or datasets.", text, start)
     if key_start < len(text) and text[key_start] in "`\"":
         key, end = _quoted(text, key_start)
     else:
@@ -253,12 +283,29 @@ def _key_token(text: str, start: int, entity_text: str, key_start: int) -> _Toke
     if not key:
         raise FilterError("empty name", text, key_start)
     if entity == ATTRIBUTES:
-        known = _ATTRIBUTES.get(key.lower())
-        if known is None:
-            raise FilterError(f"unknown attribute {key!r}: expected one of "
-                              f"{', '.join(sorted(_ATTRIBUTES))}", text, key_start)
-        key = known[0]
+        key = _attribute(key, text, key_start)
+    elif entity == DATASETS and key not in _DATASET_KEYS:
+        raise FilterError(f"unknown dataset field {key!r}: expected one of {', '.join(_DATASET_KEYS)}",
+                          text, key_start)
     return _Token("key", Key(entity, key, start), start, text[start:end])
+
+
+def _attribute(name: str, text: str, position: int) -> str:
+    """The canonical attribute for a name or alias (case-insensitive); FilterError if unknown."""
+    known = _ATTRIBUTES.get(name.lower())
+    if known is None:
+        raise FilterError(f"unknown attribute {name!r}: expected one of {', '.join(sorted(_ATTRIBUTES))}",
+                          text, position)
+    return known[0]
+
+
+def _as_attribute_key(token: _Token, text: str) -> _Token | None:
+    """An entity-less name (``status``, ```Run name```) read as an attribute, as MLflow does."""
+    if (token.kind == "word" and token.value not in _KEYWORDS) or token.kind == "backtick":
+        name = token.value if token.kind == "backtick" else token.text
+        return _Token("key", Key(ATTRIBUTES, _attribute(name, text, token.position), token.position),
+                      token.position, token.text)
+    return None
 
 
 # --- parser ----------------------------------------------------------------------------------
@@ -331,10 +378,9 @@ class _Parser:
             return self.comparison(token)
         if token.kind == "end":
             raise self.error("unexpected end of filter: expected a comparison such as metrics.loss < 0.5", token)
-        if token.kind == "word" and token.value not in _KEYWORDS:
-            hint = f" (did you mean attributes.{token.text}?)" if token.value in _ATTRIBUTES else ""
-            raise self.error(f"expected metrics.NAME, params.NAME, tags.NAME or attributes.NAME, "
-                             f"found {_describe(token)}{hint}", token)
+        attribute = _as_attribute_key(token, self.text)
+        if attribute is not None:
+            return self.comparison(attribute)
         raise self.error(f"expected a comparison such as metrics.loss < 0.5, found {_describe(token)}", token)
 
     def comparison(self, key_token: _Token) -> Comparison:
@@ -405,11 +451,14 @@ class _Parser:
 
 def _checked(parser: _Parser, key: Key, op: str, value, key_token: _Token, op_token: _Token, value_token: _Token) -> Comparison:
     """Type rules per entity, reported at the token that breaks them."""
-    if op.startswith("IS"):
+    if op.startswith("IS") and key.entity != DATASETS:
         return Comparison(key, op, None, key_token.position)
     values = value if isinstance(value, tuple) else (value,)
     numeric = isinstance(values[0], float)
-    kind = "number" if key.entity == METRICS else _ATTRIBUTES[key.key][1] if key.entity == ATTRIBUTES else "text"
+    kind = ("number" if key.entity == METRICS else _ATTRIBUTES[key.key][1] if key.entity == ATTRIBUTES
+            else "string" if key.entity == DATASETS else "text")
+    if key.entity == DATASETS and op.startswith("IS"):
+        raise parser.error("datasets take =, !=, LIKE, ILIKE, IN and NOT IN", op_token)
     if kind in ("number", "time") and op in ("LIKE", "ILIKE", "NOT LIKE", "NOT ILIKE"):
         raise parser.error(f"{op} compares strings; {key_token.text} is a {kind}", op_token)
     if kind == "number" and not numeric:
@@ -460,6 +509,7 @@ def parse_order_by(order_by: Iterable[str] | str | None) -> list[OrderKey]:
             raise TypeError("order_by clauses must be strings")
         parser = _Parser(clause)
         token = parser.next()
+        token = _as_attribute_key(token, clause) or token
         if token.kind != "key":
             raise parser.error(f"expected metrics.NAME, params.NAME, tags.NAME or attributes.NAME, found {_describe(token)}"
                                if token.kind != "end" else "empty order_by clause", token)
@@ -475,7 +525,7 @@ def parse_order_by(order_by: Iterable[str] | str | None) -> list[OrderKey]:
 
 def referenced_keys(node: Node | None, order: Iterable[OrderKey] = ()) -> dict[str, set[str]]:
     """{entity: {keys}} used by a filter and an order: what a query has to fetch."""
-    found: dict[str, set[str]] = {METRICS: set(), PARAMS: set(), TAGS: set(), ATTRIBUTES: set()}
+    found: dict[str, set[str]] = {METRICS: set(), PARAMS: set(), TAGS: set(), ATTRIBUTES: set(), DATASETS: set()}
 
     def visit(n) -> None:
         if isinstance(n, Comparison):
@@ -499,8 +549,11 @@ _COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 @dataclass(frozen=True)
 class Columns:
     """The SQL expressions a compiled filter reads: one Map(String, Float64) of last metric
-    values, two Map(String, String) of params and tags, and a column per attribute. They are
-    written into the SQL verbatim, so they must be plain (optionally table-qualified) names."""
+    values, two Map(String, String) of params and tags, a column per attribute, and an
+    Array(String) per dataset field (``name``, ``digest``, ``context``; one element per dataset
+    of the run). They are written into the SQL verbatim, so they must be plain (optionally
+    table-qualified) names. An attribute or dataset field without a column cannot be searched
+    (FilterError)."""
 
     metrics: str = "metrics"
     params: str = "params"
@@ -508,9 +561,10 @@ class Columns:
     attributes: Mapping[str, str] = field(default_factory=lambda: {
         "run_id": "run_id", "name": "name", "status": "status", "project": "project",
         "start_time": "start_time", "end_time": "end_time"})
+    datasets: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in (self.metrics, self.params, self.tags, *self.attributes.values()):
+        for name in (self.metrics, self.params, self.tags, *self.attributes.values(), *self.datasets.values()):
             if not _COLUMN.fullmatch(name):
                 raise ValueError(f"column {name!r} is not a plain identifier")
 
@@ -531,11 +585,21 @@ class _Binder:
         return f"{{{name}:{type_}}}"
 
 
-def _sql(node: Node, columns: Columns, bind: _Binder) -> str:
+def _sql(node: Node, columns: Columns, bind: _Binder, text: str) -> str:
     if isinstance(node, (And, Or)):
         joiner = " AND " if isinstance(node, And) else " OR "
-        return "(" + joiner.join(_sql(t, columns, bind) for t in node.terms) + ")"
+        return "(" + joiner.join(_sql(t, columns, bind, text) for t in node.terms) + ")"
+    _check_columns(node.key, columns, text, node.position)
     return _comparison_sql(node, columns, bind)
+
+
+def _check_columns(key: Key, columns: Columns, text: str, position: int) -> None:
+    if key.entity == ATTRIBUTES and key.key not in columns.attributes:
+        raise FilterError(f"attribute {key.key!r} is not stored for these runs (searchable: "
+                          f"{', '.join(sorted(columns.attributes))})", text, position)
+    if key.entity == DATASETS and key.key not in columns.datasets:
+        raise FilterError("datasets are not stored for these runs (runs logged through the MLflow API have them)",
+                          text, position)
 
 
 def _operator_sql(expr: str, op: str, value, type_: str, bind: _Binder) -> str:
@@ -557,6 +621,8 @@ def _comparison_sql(c: Comparison, columns: Columns, bind: _Binder) -> str:
         if kind == "time":
             return f"({_operator_sql(f'toUnixTimestamp64Milli({column})', op, value, 'Float64', bind)})"
         return f"({_operator_sql(column, op, value, 'String', bind)})"
+    if entity == DATASETS:
+        return f"(arrayExists(x -> {_operator_sql('x', op, value, 'String', bind)}, {columns.datasets[c.key.key]}))"
     column = {METRICS: columns.metrics, PARAMS: columns.params, TAGS: columns.tags}[entity]
     key = bind(c.key.key, "String")
     present = f"mapContains({column}, {key})"
@@ -584,7 +650,8 @@ def compile_filter(filter_: str | Node | None, columns: Columns | None = None, p
     params = {} if params is None else params
     if node is None:
         return "1", params
-    return _sql(node, columns or Columns(), _Binder(params, prefix)), params
+    text = filter_ if isinstance(filter_, str) else ""
+    return _sql(node, columns or Columns(), _Binder(params, prefix), text), params
 
 
 def compile_order_by(order_by: Iterable[str] | Iterable[OrderKey] | str | None, columns: Columns | None = None,
@@ -599,6 +666,9 @@ def compile_order_by(order_by: Iterable[str] | Iterable[OrderKey] | str | None, 
     terms = []
     for o in keys:
         direction = "ASC" if o.ascending else "DESC"
+        if o.key.entity == DATASETS:
+            raise FilterError("runs cannot be ordered by datasets", str(o.key), 0)
+        _check_columns(o.key, columns, str(o.key), 0)
         if o.key.entity == ATTRIBUTES:
             terms.append(f"{columns.attributes[o.key.key]} {direction} NULLS LAST")
             continue

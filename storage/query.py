@@ -36,6 +36,7 @@ How the queries stay fast at scale (see bench/query.py):
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import time
 from typing import Any, Iterable, Sequence
@@ -783,6 +784,158 @@ class RunQueries:
             "SELECT name, digest, source, toString(source_type) AS source_type, toString(context) AS context, "
             "size_bytes, files, schema, profile FROM datasets FINAL "
             "WHERE project = {p:String} AND run_id = {r:String} ORDER BY name", {"p": project, "r": run_id})
+
+
+    # --- MLflow API (runwire.ingest.mlflow; tables of migration 0005_mlflow.sql) --------------
+
+    def mlflow_experiments(self, experiment_ids: Sequence[str] | None = None,
+                           names: Sequence[str] | None = None) -> list[dict]:
+        """Experiment rows {experiment_id, name, project, artifact_location, lifecycle_stage,
+        tags, creation_time, last_update_time} (newest versions) with these ids or names; every
+        experiment when both are None. Ordered by experiment_id."""
+        where, params = [], {}
+        if experiment_ids is not None:
+            where.append("experiment_id IN {ids:Array(String)}")
+            params["ids"] = list(experiment_ids)
+        if names is not None:
+            where.append("name IN {names:Array(String)}")
+            params["names"] = list(names)
+        # name is not in the sorting key: filter after FINAL picked the newest versions.
+        sql = ("SELECT * FROM (SELECT experiment_id, name, project, artifact_location, "
+               "toString(lifecycle_stage) AS lifecycle_stage, tags, creation_time, last_update_time "
+               "FROM mlflow_experiments FINAL)"
+               + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY experiment_id")
+        rows = self._query(sql, params)
+        for row in rows:
+            row["tags"] = dict(row["tags"])
+        return rows
+
+    def mlflow_runs(self, run_ids: Sequence[str]) -> dict[str, dict]:
+        """run_id -> {run_id, project, experiment_id, name, user_id, status, start_time,
+        end_time, artifact_uri, lifecycle_stage, deleted_time} (times in ms) for the known ids."""
+        if not run_ids:
+            return {}
+        rows = self._query(
+            "SELECT run_id, toString(project) AS project, experiment_id, name, user_id, toString(status) AS status, "
+            "start_time, end_time, artifact_uri, toString(lifecycle_stage) AS lifecycle_stage, deleted_time "
+            "FROM mlflow_runs FINAL WHERE run_id IN {ids:Array(String)}", {"ids": list(run_ids)})
+        return {row["run_id"]: row for row in rows}
+
+    def mlflow_run_data(self, runs: Sequence[tuple[str, str]], deleted_tag: str) -> dict[str, dict]:
+        """run_id -> {"params": {k: v}, "tags": {k: v}, "metrics": {name: {"value", "timestamp",
+        "step"}}, "inputs": [input rows]} for (project, run_id) pairs. A metric's entry is
+        MLflow's latest value: the highest step, then the latest timestamp, then the largest
+        value. Tags whose newest value is ``deleted_tag`` are left out (deleted)."""
+        runs = list(runs)
+        if not runs:
+            return {}
+        params = {"ps": sorted({p for p, _ in runs}), "rs": sorted({r for _, r in runs}), "tomb": deleted_tag}
+        scope = "project IN {ps:Array(String)} AND run_id IN {rs:Array(String)}"
+        out = {r: {"params": {}, "tags": {}, "metrics": {}, "inputs": []} for _, r in runs}
+        # One round trip. MLflow runs have rank 0 only: with the rank fixed, the step of the
+        # latest point is in the sorting-key prefix and the point lookup reads a few granules.
+        rows = self._query(
+            "SELECT kind, run_id, key, value, number, timestamp, step FROM ("
+            f" SELECT 'params' AS kind, run_id, key, value, nan AS number, 0 AS timestamp, 0 AS step "
+            f" FROM params FINAL WHERE {scope}"
+            f" UNION ALL SELECT 'tags', run_id, key, value, nan, 0, 0 FROM tags FINAL WHERE {scope}"
+            # (no aliases after the first SELECT: `'' AS value` would shadow the column `value`)
+            " UNION ALL SELECT 'metrics', run_id, toString(name), '', argMax(value, (ts, value)),"
+            " toUnixTimestamp64Milli(max(ts)), step FROM metrics "
+            f" WHERE {scope} AND rank = 0 AND (run_id, name, step) IN ("
+            f"  SELECT run_id, name, max(last_step) FROM metrics_summary WHERE {scope} GROUP BY run_id, name)"
+            " GROUP BY run_id, name, step"
+            " UNION ALL SELECT 'inputs', run_id, name,"
+            " toJSONString((digest, source_type, source, schema, profile, input_tags, context)), nan, 0, 0"
+            " FROM mlflow_inputs FINAL WHERE run_id IN {rs:Array(String)}"
+            ") WHERE NOT (kind = 'tags' AND value = {tomb:String}) ORDER BY kind, run_id, key, value", params)
+        for row in rows:
+            data = out.get(row["run_id"])
+            if data is None:
+                continue
+            kind = row["kind"]
+            if kind == "metrics":
+                data["metrics"][row["key"]] = {"value": row["number"], "timestamp": int(row["timestamp"]),
+                                               "step": int(row["step"])}
+            elif kind == "inputs":
+                digest, source_type, source, schema, profile, input_tags, context = json.loads(row["value"])
+                data["inputs"].append({"name": row["key"], "digest": digest, "source_type": source_type,
+                                       "source": source, "schema": schema, "profile": profile,
+                                       "input_tags": input_tags, "context": context})
+            else:
+                data[kind][row["key"]] = row["value"]
+        return out
+
+    def mlflow_search_runs(self, projects: Sequence[str], filter_string: str = "",
+                           order_by: Sequence[str] | None = None, lifecycle_stages: Sequence[str] = ("active",),
+                           limit: int = 1000, offset: int = 0, deleted_tag: str = "") -> list[dict]:
+        """One page of MLflow runs in these projects, rows as mlflow_runs() gives them, in MLflow's order
+        (order_by, then start time newest first, then run id). Filter grammar:
+        runwire.storage.filters, with MLflow's attributes (user_id, artifact_uri) and datasets.
+        Raises FilterError."""
+        limit = _positive_int(limit, "limit")
+        node = _filters.parse_filter(filter_string)
+        order = _filters.parse_order_by(order_by)
+        used = _filters.referenced_keys(node, order)
+        columns = _filters.Columns(
+            attributes={"run_id": "run_id", "name": "name", "status": "status", "project": "project",
+                        "user_id": "user_id", "artifact_uri": "artifact_uri", "start_time": "start_time",
+                        "end_time": "end_time"},
+            datasets={"name": "ds_name", "digest": "ds_digest", "context": "ds_context"})
+        params: dict[str, Any] = {"ps": list(projects), "stages": list(lifecycle_stages), "limit": limit,
+                                  "offset": max(0, int(offset)), "tomb": deleted_tag}
+        where, params = _filters.compile_filter(filter_string or None, columns, params)  # errors quote the text
+        order_terms, params = _filters.compile_order_by(order, columns, params)
+        scope = "project IN {ps:Array(String)}"
+        joins, maps = [], {"params": "CAST(map(), 'Map(String, String)')", "tags": "CAST(map(), 'Map(String, String)')",
+                           "metrics": "CAST(map(), 'Map(String, Float64)')"}
+        for table in ("params", "tags"):
+            if used[table]:
+                params[f"{table}_keys"] = sorted(used[table])
+                joins.append(
+                    f"LEFT JOIN (SELECT run_id, mapFromArrays(groupArray(key), groupArray(value)) AS kv FROM ("
+                    f" SELECT run_id, key, value FROM {table} FINAL WHERE {scope} AND key IN {{{table}_keys:Array(String)}})"
+                    f" WHERE value != {{tomb:String}} GROUP BY run_id) AS {table}_ ON {table}_.run_id = r.run_id")
+                maps[table] = f"{table}_.kv"
+        if used["metrics"]:
+            params["metric_names"] = sorted(used["metrics"])
+            inner = self._summary_sql(f"{scope} AND name IN {{metric_names:Array(String)}}", last_only=True)
+            joins.append("LEFT JOIN (SELECT run_id, mapFromArrays(groupArray(name), groupArray(last)) AS kv "
+                         f"FROM ({inner}) GROUP BY run_id) AS metrics_ ON metrics_.run_id = r.run_id")
+            maps["metrics"] = "metrics_.kv"
+        datasets = "CAST([], 'Array(String)') AS ds_name, CAST([], 'Array(String)') AS ds_digest, " \
+                   "CAST([], 'Array(String)') AS ds_context"
+        if used["datasets"]:
+            joins.append("LEFT JOIN (SELECT run_id, groupArray(name) AS n, groupArray(digest) AS d, "
+                         "groupArray(context) AS c FROM mlflow_inputs FINAL GROUP BY run_id) AS ds_ ON ds_.run_id = r.run_id")
+            datasets = "ds_.n AS ds_name, ds_.d AS ds_digest, ds_.c AS ds_context"
+        sql = (
+            "SELECT run_id, project, experiment_id, name, user_id, status, start_ms, end_ms, artifact_uri, "
+            "lifecycle_stage, deleted_time FROM ("
+            " SELECT r.run_id AS run_id, toString(r.project) AS project, r.name AS name, toString(r.status) AS status,"
+            " r.experiment_id AS experiment_id, r.start_time AS start_ms, r.end_time AS end_ms,"
+            " r.deleted_time AS deleted_time,"
+            " r.user_id AS user_id, r.artifact_uri AS artifact_uri, toString(r.lifecycle_stage) AS lifecycle_stage,"
+            " fromUnixTimestamp64Milli(r.start_time, 'UTC') AS start_time,"
+            " if(isNull(r.end_time), NULL, fromUnixTimestamp64Milli(assumeNotNull(r.end_time), 'UTC')) AS end_time,"
+            f" {maps['params']} AS params, {maps['tags']} AS tags, {maps['metrics']} AS metrics, {datasets}"
+            f" FROM (SELECT * FROM mlflow_runs FINAL WHERE {scope}) AS r " + " ".join(joins) +
+            f") WHERE lifecycle_stage IN {{stages:Array(String)}} AND {where} "
+            f"ORDER BY {', '.join(order_terms + ['start_time DESC', 'run_id ASC'])} "
+            "LIMIT {limit:UInt64} OFFSET {offset:UInt64}")
+        rows = self._query(sql, params)
+        for row in rows:  # the same fields as mlflow_runs()
+            row["start_time"], row["end_time"] = row.pop("start_ms"), row.pop("end_ms")
+        return rows
+
+    def mlflow_metric_history(self, project: str, run_id: str, key: str) -> list[dict]:
+        """Every point of one metric of one MLflow run, replays removed: [{step, timestamp (ms),
+        value}] in MLflow's order (timestamp, step, value)."""
+        result = self.client.query(
+            "SELECT step, toUnixTimestamp64Milli(ts) AS t, value FROM metrics "
+            "WHERE project = {p:String} AND run_id = {r:String} AND name = {m:String} "
+            "ORDER BY t, step, value LIMIT 1 BY rank, step, t", parameters={"p": project, "r": run_id, "m": key})
+        return [{"step": s, "timestamp": t, "value": v} for s, t, v in result.result_rows]
 
 
 def _combine_ranks(per_rank: str, across_ranks: bool) -> str:

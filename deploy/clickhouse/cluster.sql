@@ -329,6 +329,65 @@ FROM (SELECT project, run_id, name, rank, min(min_value) AS min_value, max(max_v
       FROM runwire.metrics_1m GROUP BY project, run_id, name, rank, minute)
 GROUP BY project, run_id, name;
 
+-- from 0005_mlflow.sql
+CREATE TABLE IF NOT EXISTS runwire.mlflow_experiments_local ON CLUSTER runwire
+(
+    experiment_id      String,
+    name               String,
+    project            String,
+    artifact_location  String,
+    lifecycle_stage    LowCardinality(String),   -- active, deleted
+    tags               Map(String, String),
+    creation_time      Int64,
+    last_update_time   Int64,
+    updated_at         DateTime64(9, 'UTC')
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/runwire/mlflow_experiments', '{replica}', updated_at)
+ORDER BY experiment_id;
+
+CREATE TABLE IF NOT EXISTS runwire.mlflow_experiments ON CLUSTER runwire AS runwire.mlflow_experiments_local
+ENGINE = Distributed(runwire, runwire, mlflow_experiments_local, cityHash64(experiment_id));
+
+CREATE TABLE IF NOT EXISTS runwire.mlflow_runs_local ON CLUSTER runwire
+(
+    run_id           String,
+    project          LowCardinality(String),
+    experiment_id    String,
+    name             String,
+    user_id          String,
+    status           LowCardinality(String),     -- RUNNING, SCHEDULED, FINISHED, FAILED, KILLED
+    start_time       Int64,
+    end_time         Nullable(Int64),
+    artifact_uri     String,
+    lifecycle_stage  LowCardinality(String),
+    deleted_time     Nullable(Int64),
+    updated_at       DateTime64(9, 'UTC')
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/runwire/mlflow_runs', '{replica}', updated_at)
+ORDER BY run_id;
+
+CREATE TABLE IF NOT EXISTS runwire.mlflow_runs ON CLUSTER runwire AS runwire.mlflow_runs_local
+ENGINE = Distributed(runwire, runwire, mlflow_runs_local, cityHash64(project, run_id));
+
+CREATE TABLE IF NOT EXISTS runwire.mlflow_inputs_local ON CLUSTER runwire
+(
+    run_id       String,
+    name         String,
+    digest       String,
+    source_type  String,
+    source       String,
+    schema       String,
+    profile      String,
+    input_tags   Map(String, String),
+    context      String,
+    updated_at   DateTime64(9, 'UTC')
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/runwire/mlflow_inputs', '{replica}', updated_at)
+ORDER BY (run_id, name, digest);
+
+CREATE TABLE IF NOT EXISTS runwire.mlflow_inputs ON CLUSTER runwire AS runwire.mlflow_inputs_local
+ENGINE = Distributed(runwire, runwire, mlflow_inputs_local, cityHash64(run_id));
+
 -- from 0006_artifacts_datasets.sql
 CREATE TABLE IF NOT EXISTS runwire.artifacts_local ON CLUSTER runwire
 (

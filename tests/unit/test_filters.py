@@ -102,15 +102,15 @@ def test_keys_bare_backticked_and_double_quoted():
     assert parse_filter("metrics.`val loss` < 1").key == Key("metrics", "val loss")
     assert parse_filter('metrics."val loss" < 1').key == Key("metrics", "val loss")
     assert parse_filter("tags.`mlflow.source.name` = 'x'").key == Key("tags", "mlflow.source.name")
-    assert parse_filter("params.`it``s` = 'x'").key == Key("params", "it`s")
+    assert parse_filter("params.`it``s` = 'x'").key == Key("params", "it``s")  # verbatim, as MLflow
     assert parse_filter("metrics.3d_iou > 0.5").key == Key("metrics", "3d_iou")
 
 
-def test_string_escapes():
-    assert parse_filter("params.a = 'it''s'").value == "it's"
-    assert parse_filter(r"params.a = 'it\'s'").value == "it's"
-    assert parse_filter(r"params.a = 'back\\slash'").value == "back\\slash"
-    assert parse_filter('params.a = "say ""hi"""').value == 'say "hi"'
+def test_string_escapes_keep_the_string_open_but_stay_verbatim_as_in_mlflow():
+    assert parse_filter("params.a = 'it''s'").value == "it''s"
+    assert parse_filter(r"params.a = 'it\'s'").value == r"it\'s"
+    assert parse_filter(r"params.a = 'back\\slash'").value == r"back\\slash"
+    assert parse_filter('params.a = "say ""hi"""').value == 'say ""hi""'
     assert parse_filter("params.a = ''").value == ""
     assert parse_filter("params.a = ' and or ( ) '").value == " and or ( ) "
 
@@ -147,9 +147,13 @@ def caret(err: FilterError) -> int:
     ("()", 1, "empty parentheses"),
     ("metrics.a < 1 metrics.b < 2", 14, "expected AND, OR"),
     ("metrics.a < 1 and or metrics.b < 2", 18, "expected a comparison"),
-    ("loss < 1", 0, "expected metrics.NAME"),
-    ("status = 'FINISHED'", 0, "did you mean attributes.status"),
+    ("loss < 1", 0, "unknown attribute 'loss'"),
+    ("`val loss` < 1", 0, "unknown attribute 'val loss'"),
     ("foo.bar = 1", 0, "unknown entity 'foo'"),
+    ("`foo`.bar = 1", 0, "unknown entity 'foo'"),
+    ("datasets.size = 'x'", 9, "unknown dataset field 'size'"),
+    ("datasets.name IS NULL", 14, "datasets take"),
+    ("datasets.name < 'x'", 14, "does not compare strings"),
     ("attributes.colour = 'red'", 11, "unknown attribute 'colour'"),
     ("attributes.status = 1", 20, "is a string: quote the value"),
     ("attributes.start_time LIKE '2025%'", 22, "LIKE compares strings"),
@@ -286,7 +290,8 @@ def test_parse_order_by():
 
 @pytest.mark.parametrize("clause, position, message", [
     ("metrics.loss sideways", 13, "expected ASC, DESC"),
-    ("loss DESC", 0, "expected metrics.NAME"),
+    ("loss DESC", 0, "unknown attribute 'loss'"),
+    ("'loss' DESC", 0, "expected metrics.NAME"),
     ("", 0, "empty order_by clause"),
     ("metrics.loss ASC DESC", 17, "expected ASC, DESC"),
     ("attributes.nope", 11, "unknown attribute"),
@@ -311,5 +316,83 @@ def test_compile_order_by_puts_missing_values_last():
 def test_referenced_keys():
     node = parse_filter("(metrics.a < 1 or params.b = 'x') and tags.c IS NULL and attributes.run_name = 'n'")
     used = referenced_keys(node, parse_order_by(["metrics.z DESC", "attributes.start_time"]))
-    assert used == {"metrics": {"a", "z"}, "params": {"b"}, "tags": {"c"}, "attributes": {"name", "start_time"}}
-    assert referenced_keys(None) == {"metrics": set(), "params": set(), "tags": set(), "attributes": set()}
+    assert used == {"metrics": {"a", "z"}, "params": {"b"}, "tags": {"c"}, "attributes": {"name", "start_time"},
+                    "datasets": set()}
+    assert referenced_keys(None) == {"metrics": set(), "params": set(), "tags": set(), "attributes": set(), "datasets": set()}
+
+
+# --- MLflow's grammar: entity-less attributes, back-ticked entities, datasets, unicode ------
+
+
+@pytest.mark.parametrize("text, key", [
+    ("`metric`.a > 1", Key("metrics", "a")),
+    ("`params`.`a.b` = 'x'", Key("params", "a.b")),
+    ("status = 'FINISHED'", Key("attributes", "status")),
+    ("run_name LIKE 'abc%'", Key("attributes", "name")),
+    ("`run name` = 'x'", Key("attributes", "name")),
+    ("`Run name` = 'x'", Key("attributes", "name")),
+    ("attributes.`Run Name` = 'x'", Key("attributes", "name")),
+    ('attributes."run name" = \'x\'', Key("attributes", "name")),
+    ("Created > 5", Key("attributes", "start_time")),
+    ("attributes.user_id = 'u'", Key("attributes", "user_id")),
+    ("attribute.artifact_uri = 'x'", Key("attributes", "artifact_uri")),
+    ("params.日本 = 'x'", Key("params", "日本")),
+    ("tags.größe = 'x'", Key("tags", "größe")),
+    ("datasets.name LIKE '%x'", Key("datasets", "name")),
+    ("datasets.digest IN ('a', 'b')", Key("datasets", "digest")),
+    ("dataset.context = 'train'", Key("datasets", "context")),
+])
+def test_mlflow_key_forms(text, key):
+    assert parse_filter(text).key == key
+
+
+MLFLOW_ACCEPTED = [
+    "metrics.`a b` > 1 and `metric`.c <= -1.5e3",
+    "params.x = 'it''s' and tags.\"a b\" = \"v\"",
+    r"params.x = 'it\'s' and params.y = 'a%\\b'",
+    "`Run name` LIKE 'bert%' and status != 'FAILED'",
+    "run_id IN ('a', 'b') and attributes.created > 5",
+    "datasets.name ILIKE '%Mnist%' and datasets.context = 'train'",
+    "params.日本 = '語' and tags.a IS NOT NULL",
+]
+
+
+@pytest.mark.parametrize("text", MLFLOW_ACCEPTED)
+def test_values_and_keys_match_mlflows_own_parser(text):
+    """Each comparison reads as MLflow's server reads it (mlflow.utils.search_utils)."""
+    from mlflow.utils.search_utils import SearchUtils  # the dev extra pins mlflow
+
+    theirs = SearchUtils.parse_search_filter(text)
+    node = parse_filter(text)
+    ours = list(node.terms) if isinstance(node, And) else [node]
+    assert len(ours) == len(theirs)
+    entity = {"metric": "metrics", "parameter": "params", "tag": "tags", "attribute": "attributes",
+              "dataset": "datasets"}
+    for mine, their in zip(ours, theirs):
+        assert mine.key.entity == entity[their["type"]]
+        if mine.key.entity != "attributes":
+            assert mine.key.key == their["key"]
+        assert mine.op == their["comparator"]
+        value = their["value"]
+        if mine.key.entity == "metrics" or isinstance(value, (int, float)):
+            value = float(value)
+        elif isinstance(value, tuple):
+            value = tuple(value)
+        assert mine.value == value
+
+
+def test_compile_datasets_and_mlflow_attributes():
+    columns = Columns(attributes={"run_id": "run_id", "name": "name", "status": "status", "user_id": "user_id",
+                                  "start_time": "start_time", "end_time": "end_time"},
+                      datasets={"name": "ds_name", "digest": "ds_digest", "context": "ds_context"})
+    sql, params = compile_filter("datasets.name IN ('a', 'b') and user_id = 'me'", columns=columns)
+    assert sql == "((arrayExists(x -> x IN ({f0:String}, {f1:String}), ds_name)) AND (user_id = {f2:String}))"
+    assert params == {"f0": "a", "f1": "b", "f2": "me"}
+    sql, _ = compile_filter("datasets.context LIKE 'tr%'", columns=columns)
+    assert sql == "(arrayExists(x -> like(x, {f0:String}), ds_context))"
+    with pytest.raises(FilterError, match="attribute 'user_id' is not stored"):
+        compile_filter("attributes.user_id = 'me'")
+    with pytest.raises(FilterError, match="datasets are not stored"):
+        compile_filter("datasets.name = 'x'")
+    assert compile_order_by(["`Run name` DESC", "created"], columns=columns)[0] == [
+        "name DESC NULLS LAST", "start_time ASC NULLS LAST"]

@@ -439,7 +439,7 @@ def _ids(rows):
     ("params.model NOT IN ('bert', 'vit')", ["d", "b", "a"]),
     ("params.model LIKE 'g%'", ["b", "a"]),
     ("params.model ILIKE 'G%'", ["b", "a"]),
-    ("params.model = 'it''s \"quoted\"'", ["d"]),
+    ("params.model LIKE 'it_s \"quoted\"'", ["d"]),  # strings are verbatim, as in MLflow: match a quote with _ or %
     ("params.lr < 0.005", ["band", "spiky", "d", "c", "a"]),  # numeric comparison of a param
     ("tags.note IS NOT NULL", ["d"]),
     ("metrics.val_loss IS NULL and attributes.project = 'nlp'", ["band", "spiky", "d"]),

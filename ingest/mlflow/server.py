@@ -1,0 +1,226 @@
+"""`runwire mlflow-server`: MLflow's tracking REST API as an ASGI app (Starlette) on uvicorn.
+
+Point an unmodified MLflow script at it with ``MLFLOW_TRACKING_URI=http://HOST:PORT`` (and
+``MLFLOW_TRACKING_TOKEN`` when the server has tokens: the gateway's, project -> token).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+from runwire.proto.config import build, secret
+from runwire.ingest.mlflow.protocol import MlflowError
+from runwire.ingest.mlflow.service import MlflowService
+
+log = logging.getLogger("runwire.mlflow")
+
+PREFIXES = ("/api/2.0/mlflow", "/ajax-api/2.0/mlflow")
+
+# path (after the prefix) -> service method. GET and POST are both accepted on every path.
+ROUTES = {
+    "/experiments/create": "create_experiment",
+    "/experiments/get": "get_experiment",
+    "/experiments/get-by-name": "get_experiment_by_name",
+    "/experiments/search": "search_experiments",
+    "/experiments/update": "update_experiment",
+    "/experiments/delete": "delete_experiment",
+    "/experiments/restore": "restore_experiment",
+    "/experiments/set-experiment-tag": "set_experiment_tag",
+    "/runs/create": "create_run",
+    "/runs/get": "get_run",
+    "/runs/update": "update_run",
+    "/runs/delete": "delete_run",
+    "/runs/restore": "restore_run",
+    "/runs/search": "search_runs",
+    "/runs/log-metric": "log_metric",
+    "/runs/log-batch": "log_batch",
+    "/runs/log-parameter": "log_param",
+    "/runs/set-tag": "set_tag",
+    "/runs/delete-tag": "delete_tag",
+    "/runs/log-inputs": "log_inputs",
+    "/metrics/get-history": "get_metric_history",
+    "/metrics/get-history-bulk-interval": "get_metric_history_bulk_interval",
+}
+# Query-string fields that repeat (GET requests carry lists as repeated keys).
+_LIST_FIELDS = {"run_ids", "experiment_ids", "order_by"}
+
+
+@dataclass(frozen=True)
+class MlflowServerConfig:
+    """MLflow API server settings; each also reads RUNWIRE_<NAME> (e.g. RUNWIRE_MLFLOW_LISTEN).
+    The pipeline settings are the gateway's (same variables)."""
+
+    mlflow_listen: str = "127.0.0.1:5000"    # host:port; port 0 picks a free one
+    mode: str = "kafka"                      # "kafka" (production) or "direct" (embedded: no Kafka)
+    kafka_bootstrap: str = ""
+    topic_prefix: str = "runwire."
+    topic_partitions: int = 6
+    topic_replication: int = 1
+    clickhouse_url: str = ""                 # reads (and direct-mode writes)
+    clickhouse_database: str = "runwire"
+    tokens: dict[str, str] = secret(default_factory=dict)  # project -> bearer token; empty: no auth
+    ack_timeout_s: float = 30.0              # how long a write waits for the pipeline's acknowledgement
+    default_artifact_root: str = ""          # new experiments' artifacts go under ROOT/<id> (as `mlflow server
+                                             # --default-artifact-root`); empty: mlflow-artifacts:/<id>, which
+                                             # runwire does not serve yet
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.mode not in ("kafka", "direct"):
+            out.append(f"mode must be 'kafka' or 'direct', not {self.mode!r}")
+        if self.mode == "kafka" and not self.kafka_bootstrap:
+            out.append("kafka_bootstrap (RUNWIRE_KAFKA_BOOTSTRAP) is required in kafka mode")
+        if not self.clickhouse_url:
+            out.append("clickhouse_url (RUNWIRE_CLICKHOUSE_URL) is required: the MLflow API reads runs from it")
+        if self.mlflow_listen.rpartition(":")[1] != ":":
+            out.append(f"mlflow_listen must be host:port, not {self.mlflow_listen!r}")
+        return out
+
+    @classmethod
+    def from_settings(cls, **overrides) -> "MlflowServerConfig":
+        return build(cls, overrides)
+
+
+def _request_body(method: str, raw: bytes, query) -> dict:
+    if method == "GET":
+        body: dict = {}
+        for key in query.keys():
+            values = query.getlist(key)
+            body[key] = values if key in _LIST_FIELDS else values[-1]
+        return body
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise MlflowError("MALFORMED_REQUEST", "Malformed request: the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise MlflowError("MALFORMED_REQUEST", "Malformed request: the body must be a JSON object")
+    return body
+
+
+def create_app(service: MlflowService):
+    """The Starlette app serving ``service`` under MLflow's paths."""
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.responses import JSONResponse, PlainTextResponse, Response
+    from starlette.routing import Route
+
+    def error(exc: MlflowError) -> Response:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    def endpoint(method_name: str):
+        handler = getattr(service, method_name)
+
+        async def call(request):
+            try:
+                raw = await request.body()
+                body = _request_body(request.method, raw, request.query_params)
+                allowed = service.allowed_projects(request.headers.get("authorization"))
+                result = await run_in_threadpool(handler, body, raw, allowed)
+            except MlflowError as exc:
+                return error(exc)
+            except Exception:  # a bug or a storage failure: MLflow's INTERNAL_ERROR, logged here
+                log.exception("MLflow %s failed", method_name)
+                return error(MlflowError("INTERNAL_ERROR", f"{method_name} failed; see the server log"))
+            return Response(json.dumps(result), media_type="application/json")
+
+        return call
+
+    async def health(request):
+        return PlainTextResponse("OK")
+
+    async def not_found(request, exc):
+        return error(MlflowError("ENDPOINT_NOT_FOUND", f"No endpoint {request.method} {request.url.path}"))
+
+    routes = [Route(prefix + path, endpoint(name), methods=["GET", "POST"])
+              for prefix in PREFIXES for path, name in ROUTES.items()]
+    routes.append(Route("/health", health))
+    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
+
+
+def bind(listen: str) -> socket.socket:
+    """A listening socket on host:port. No SO_REUSEPORT: a port in use is refused (EADDRINUSE)."""
+    host, _, port = listen.rpartition(":")
+    sock = socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind((host.strip("[]") or "127.0.0.1", int(port)))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise RuntimeError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+    return sock
+
+
+class MlflowServer:
+    """A running MLflow API server: the socket, uvicorn on its own thread, the service and its sink."""
+
+    def __init__(self, service: MlflowService, listen: str, sink=None, client=None) -> None:
+        import uvicorn
+
+        self.service = service
+        self._sink, self._client = sink, client
+        self.socket = bind(listen)
+        host, self.port = self.socket.getsockname()[:2]
+        self.url = f"http://{host}:{self.port}"
+        config = uvicorn.Config(create_app(service), log_level="warning", access_log=False, lifespan="off",
+                                timeout_keep_alive=30)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self.socket]},
+                                        name="runwire-mlflow-http", daemon=True)
+        self._stopped = False
+
+    def start(self, timeout: float = 30.0) -> "MlflowServer":
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the MLflow API server did not start")
+            time.sleep(0.01)
+        log.info("MLflow API listening on %s", self.url)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, then close the sink (flushing what it holds). Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+        self.socket.close()
+        if self._sink is not None:
+            self._sink.close()
+        if self._client is not None:
+            self._client.close()
+
+    def __enter__(self) -> "MlflowServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def create_server(config: MlflowServerConfig, sink=None) -> MlflowServer:
+    """The server for ``config``: the gateway's sink (Kafka, or direct into ClickHouse) unless one
+    is given, reads through RunQueries. Applies pending migrations."""
+    from runwire.ingest import sinks
+    from runwire.storage.client import connect
+    from runwire.storage.mlflow_meta import MlflowMetaWriter
+    from runwire.storage.query import RunQueries
+    from runwire.storage.schema import migrate
+
+    # One session per request, not one shared session: requests run concurrently.
+    client = connect(config.clickhouse_url, config.clickhouse_database, autogenerate_session_id=False)
+    migrate(client)
+    own_sink = sink is None
+    if own_sink:
+        sink = sinks.KafkaSink.create(config) if config.mode == "kafka" else sinks.DirectSink.create(config)
+    service = MlflowService(RunQueries(client), MlflowMetaWriter(client), sink, config.tokens,
+                            ack_timeout_s=config.ack_timeout_s, artifact_root=config.default_artifact_root)
+    service.ensure_default_experiment()
+    return MlflowServer(service, config.mlflow_listen, sink if own_sink else None, client)

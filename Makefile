@@ -53,7 +53,7 @@ up: install
 proto: install
 	PYTHON=$(PYTHON) scripts/gen_proto.sh
 
-bench: bench-emitter bench-e2e bench-query bench-alerts bench-streams bench-artifacts
+bench: bench-emitter bench-e2e bench-query bench-alerts bench-streams bench-artifacts bench-mlflow
 
 bench-emitter: $(BENCH_STAMP)
 	mkdir -p build/bench
@@ -78,6 +78,7 @@ bench-streams: $(BENCH_STAMP) kafka-jars
 bench-artifacts: $(BENCH_STAMP)
 	mkdir -p build/bench
 	$(PYTHON) bench/artifacts.py --out build/bench/artifacts.json
+
 bench-mlflow: $(BENCH_STAMP) kafka-jars
 	mkdir -p build/bench
 	$(PYTHON) bench/mlflow.py --out build/bench/mlflow.json

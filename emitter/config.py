@@ -9,6 +9,8 @@ import os
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+from runwire.proto.auth import parse_tokens
+
 T = TypeVar("T")
 
 
@@ -37,15 +39,7 @@ def _convert(raw: str, annotation: str) -> Any:
     if kind == "float":
         return float(raw)
     if kind.startswith("dict"):
-        # "project=token,other=token2"
-        pairs = [p for p in raw.split(",") if p.strip()]
-        out = {}
-        for pair in pairs:
-            key, sep, value = pair.partition("=")
-            if not sep:
-                raise ValueError("expected key=value pairs separated by commas")
-            out[key.strip()] = value.strip()
-        return out
+        return parse_tokens(raw)  # "project=token,other=token2": the one parser of such maps
     return raw
 
 

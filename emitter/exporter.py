@@ -8,6 +8,7 @@ until the gateway acknowledges it, and is resent after every reconnect.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import math
 import os
@@ -38,7 +39,7 @@ PERMANENT_ACK_CODES = frozenset({"INVALID_ARGUMENT", "UNAUTHENTICATED", "PERMISS
 class EmitterConfig:
     """Emitter settings. Each reads RUNWIRE_<NAME> when not passed to init()."""
 
-    gateway: str = "127.0.0.1:50051"     # RUNWIRE_GATEWAY: host:port of the gateway
+    gateway: str = ""                    # RUNWIRE_GATEWAY: host:port; default the local stack's, else 127.0.0.1:50051
     token: str = secret("")              # RUNWIRE_TOKEN: bearer token for the project
     tls: bool = False                    # RUNWIRE_TLS: connect with TLS (use it whenever a token is set)
     tls_ca_file: str = ""                # RUNWIRE_TLS_CA_FILE: CA bundle (PEM); default: system roots
@@ -70,7 +71,22 @@ class EmitterConfig:
 
     @classmethod
     def from_settings(cls, **overrides) -> "EmitterConfig":
-        return build(cls, overrides)
+        config = build(cls, overrides)
+        if not config.gateway:
+            config = dataclasses.replace(config, gateway=local_gateway())
+        return config
+
+
+def local_gateway() -> str:
+    """The gateway of the running local stack (`runwire up`, `runwire demo`), else the default
+    address; says which (once per process)."""
+    from runwire.proto import localstack
+
+    record = localstack.read_record()
+    if record and record.get("gateway"):
+        log.info("sending to the local stack's gateway %s (%s)", record["gateway"], record["path"])
+        return record["gateway"]
+    return f"127.0.0.1:{localstack.DEFAULT_GATEWAY_PORT}"
 
 
 @dataclass

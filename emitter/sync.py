@@ -6,7 +6,6 @@ from pathlib import Path
 
 import grpc
 
-from runwire.config import build
 from runwire.exporter import EmitterConfig, open_channel
 from runwire.proto import telemetry_pb2 as pb
 from runwire.spool import spooled_files
@@ -22,7 +21,7 @@ def sync(spool_dir: str | Path, gateway: str | None = None, token: str | None = 
     Returns (delivered, rejected, left). Rejected envelopes (INVALID_ARGUMENT) are removed too:
     resending can never succeed. Storage deduplicates envelopes that were delivered before.
     """
-    settings = build(EmitterConfig, {"gateway": gateway, "token": token, "tls": tls, "tls_ca_file": tls_ca_file})
+    settings = EmitterConfig.from_settings(gateway=gateway, token=token, tls=tls, tls_ca_file=tls_ca_file)
     metadata = [("authorization", f"Bearer {settings.token}")] if settings.token else None
     delivered = rejected = left = 0
     with open_channel(settings) as channel:

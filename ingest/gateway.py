@@ -7,7 +7,6 @@ so a malformed protobuf gets INVALID_ARGUMENT instead of a framework error.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import queue
 import threading
@@ -24,6 +23,7 @@ from runwire.ingest import codec
 from runwire.ingest.sinks import Sink
 from runwire.ingest.validate import InvalidEnvelope, validate
 from runwire.proto import telemetry_pb2 as pb
+from runwire.proto.auth import bearer_token, projects_for
 
 log = logging.getLogger("runwire.gateway")
 
@@ -94,9 +94,9 @@ class TelemetryService:
             return None
         token = ""
         for key, value in context.invocation_metadata():
-            if key == "authorization" and value.lower().startswith("bearer "):
-                token = value[7:].strip()
-        allowed = {p for p, t in self.config.tokens.items() if token and hmac.compare_digest(t.encode(), token.encode())}
+            if key == "authorization":
+                token = bearer_token(value) or token
+        allowed = projects_for(self.config.tokens, token)
         if not allowed:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
         return allowed

@@ -706,6 +706,318 @@ class RunQueries:
                 "rows": [tuple(_utc(v) for v in row) for row in rows[:max_rows]],
                 "truncated": len(rows) > max_rows}
 
+    # --- web UI (runwire.storage.ui) ---------------------------------------------------------
+
+    def projects(self, only: Sequence[str] | None = None) -> list[dict]:
+        """Projects with runs: rows {project, runs, running}, by name. only: restrict to these."""
+        where, params = "", {}
+        if only is not None:
+            where, params = " WHERE project IN {ps:Array(String)}", {"ps": sorted(only)}
+        return self._query(
+            "SELECT toString(project) AS project, count() AS runs, countIf(status = 'RUNNING') AS running "
+            f"FROM runs FINAL{where} GROUP BY project ORDER BY project", params)
+
+    # Sortable attribute columns of the runs table -> their SQL (the only names formatted in).
+    _PAGE_SORT = {"run_id": "run_id", "name": "name", "status": "status", "start_time": "start_time",
+                  "end_time": "end_time", "duration": "duration_s", "ranks": "ranks", "hosts": "n_hosts",
+                  "user": "user", "project": "project"}
+
+    def runs_page(self, project: str | Sequence[str] | None = None, filter_string: str = "",
+                  sort: str = "start_time", descending: bool = True, offset: int = 0, limit: int = 50,
+                  metric_columns: Sequence[str] = (), param_columns: Sequence[str] = ()) -> dict:
+        """One page of the runs table, filtered (runwire.storage.filters grammar) and sorted on
+        the server: {"total": runs matching, "runs": [{run_id, project, name, status, user
+        (tag "user"), start_time, end_time, duration_s, ranks, hosts, metrics {name: {last,
+        min, max}} for metric_columns, params {key: value} for param_columns}]}.
+
+        sort: an attribute (run_id, name, status, start_time, end_time, duration, ranks, hosts,
+        user, project), ``metrics.NAME`` (its last value), ``metrics.NAME.min`` / ``.max`` /
+        ``.last``, or ``params.KEY``; runs without that value sort last. project: one project,
+        several (a token's), or None for all. Raises FilterError, QueryError."""
+        limit = _positive_int(limit, "limit")
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise QueryError(f"offset must be a non-negative integer, got {offset!r}")
+        metric_columns, param_columns = list(dict.fromkeys(metric_columns)), list(dict.fromkeys(param_columns))
+        node = _filters.parse_filter(filter_string)
+        used = _filters.referenced_keys(node)
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        where, params = _filters.compile_filter(node, params=params)
+        # The sort key -> SQL over the joined maps.
+        sort_metric = sort_param = None
+        if sort in self._PAGE_SORT:
+            order = f"{self._PAGE_SORT[sort]} {'DESC' if descending else 'ASC'} NULLS LAST"
+        elif sort.startswith("metrics.") and len(sort) > 8:
+            name, stat = sort[8:], "last"
+            for suffix in ("last", "min", "max"):
+                if name.endswith("." + suffix) and name[:-len(suffix) - 1]:
+                    name, stat = name[:-len(suffix) - 1], suffix
+                    break
+            sort_metric = name
+            params["sort_key"] = name
+            column = {"last": "metrics", "min": "metrics_min", "max": "metrics_max"}[stat]
+            order = (f"if(mapContains({column}, {{sort_key:String}}) AND NOT isNaN({column}[{{sort_key:String}}]), "
+                     f"{column}[{{sort_key:String}}], NULL) {'DESC' if descending else 'ASC'} NULLS LAST")
+        elif sort.startswith("params.") and len(sort) > 7:
+            sort_param = sort[7:]
+            params["sort_key"] = sort_param
+            order = (f"if(mapContains(params, {{sort_key:String}}), params[{{sort_key:String}}], NULL) "
+                     f"{'DESC' if descending else 'ASC'} NULLS LAST")
+        else:
+            raise QueryError(f"cannot sort by {sort!r}: expected one of {', '.join(self._PAGE_SORT)}, "
+                             "metrics.NAME[.last|.min|.max] or params.KEY")
+        scope = ""
+        if isinstance(project, str):
+            scope, params["scope"] = " WHERE project = {scope:String}", project
+        elif project is not None:
+            scope, params["scope"] = " WHERE project IN {scope:Array(String)}", sorted(project)
+        also = scope.replace(" WHERE", " AND")
+        metric_names = sorted(set(used["metrics"]) | set(metric_columns) | ({sort_metric} - {None}))
+        param_keys = sorted(set(used["params"]) | set(param_columns) | ({sort_param} - {None}))
+        tag_keys = sorted(set(used["tags"]) | {"user"})
+        params.update(metric_names=metric_names, param_keys=param_keys, tag_keys=tag_keys)
+        empty_s, empty_f = "CAST(map(), 'Map(String, String)')", "CAST(map(), 'Map(String, Float64)')"
+        joins = [
+            "LEFT JOIN (SELECT project, run_id, count() AS ranks, uniqExact(host) AS n_hosts, "
+            f"arraySort(groupUniqArray(toString(host))) AS hosts FROM run_ranks FINAL{scope} "
+            "GROUP BY project, run_id) AS k ON k.project = r.project AND k.run_id = r.run_id",
+            "LEFT JOIN (SELECT project, run_id, mapFromArrays(groupArray(key), groupArray(value)) AS kv "
+            f"FROM tags FINAL WHERE key IN {{tag_keys:Array(String)}}{also} GROUP BY project, run_id) AS t "
+            "ON t.project = r.project AND t.run_id = r.run_id"]
+        params_map = metrics_maps = None
+        if param_keys:
+            joins.append(
+                "LEFT JOIN (SELECT project, run_id, mapFromArrays(groupArray(key), groupArray(value)) AS kv "
+                f"FROM params FINAL WHERE key IN {{param_keys:Array(String)}}{also} GROUP BY project, run_id) AS pk "
+                "ON pk.project = r.project AND pk.run_id = r.run_id")
+            params_map = "pk.kv"
+        if metric_names:
+            inner = self._summary_sql("name IN {metric_names:Array(String)}" + also)
+            joins.append(
+                "LEFT JOIN (SELECT project, run_id, mapFromArrays(groupArray(name), groupArray(last)) AS kv, "
+                "mapFromArrays(groupArray(name), groupArray(min)) AS kv_min, "
+                "mapFromArrays(groupArray(name), groupArray(max)) AS kv_max "
+                f"FROM ({inner}) GROUP BY project, run_id) AS m ON m.project = r.project AND m.run_id = r.run_id")
+            metrics_maps = ("m.kv", "m.kv_min", "m.kv_max")
+        last, lo, hi = metrics_maps or (empty_f, empty_f, empty_f)
+        sql = (
+            "SELECT project, run_id, name, status, start_time, end_time, duration_s, user, ranks, hosts, "
+            "params, metrics, metrics_min, metrics_max, count() OVER () AS total FROM ("
+            " SELECT toString(r.project) AS project, r.run_id AS run_id, r.name AS name, toString(r.status) AS status,"
+            " r.start_time AS start_time, r.end_time AS end_time,"
+            " dateDiff('millisecond', r.start_time, if(r.end_time IS NULL, now64(6), assumeNotNull(r.end_time)))"
+            " / 1000 AS duration_s, t.kv['user'] AS user, k.ranks AS ranks, k.n_hosts AS n_hosts, k.hosts AS hosts,"
+            f" {params_map or empty_s} AS params, t.kv AS tags, {last} AS metrics, {lo} AS metrics_min,"
+            f" {hi} AS metrics_max"
+            f" FROM (SELECT project, run_id, name, status, start_time, end_time FROM runs FINAL{scope}) AS r "
+            + " ".join(joins) +
+            f") WHERE {where} ORDER BY {order}, start_time DESC, run_id "
+            "LIMIT {limit:UInt64} OFFSET {offset:UInt64}")
+        rows = self._query(sql, params)
+        total = int(rows[0]["total"]) if rows else (
+            0 if offset == 0 else self._count_matching(sql, params))
+        out = []
+        for row in rows:
+            out.append({
+                "run_id": row["run_id"], "project": row["project"], "name": row["name"], "status": row["status"],
+                "user": row["user"], "start_time": _utc(row["start_time"]), "end_time": _utc(row["end_time"]),
+                "duration_s": row["duration_s"], "ranks": int(row["ranks"]), "hosts": list(row["hosts"]),
+                "metrics": {n: {"last": row["metrics"][n], "min": row["metrics_min"].get(n),
+                                "max": row["metrics_max"].get(n)} for n in metric_columns if n in row["metrics"]},
+                "params": {k: row["params"][k] for k in param_columns if k in row["params"]},
+            })
+        return {"total": total, "runs": out}
+
+    def _count_matching(self, page_sql: str, params: dict) -> int:
+        """How many runs a runs_page query matches (when its page came back empty)."""
+        inner = page_sql[:page_sql.rindex(" ORDER BY ")]
+        return int(self._query(f"SELECT count() AS n FROM ({inner})", params)[0]["n"])
+
+    def metric_columns(self, project: str | Sequence[str] | None = None) -> dict:
+        """The metric names and param keys a project's runs have (for the column chooser):
+        {"metrics": [...], "params": [...]}."""
+        where, params = "", {}
+        if isinstance(project, str):
+            where, params = " WHERE project = {p:String}", {"p": project}
+        elif project is not None:
+            where, params = " WHERE project IN {p:Array(String)}", {"p": sorted(project)}
+        rows = self._query(
+            f"SELECT 'metrics' AS kind, toString(name) AS key FROM metrics_summary{where} GROUP BY name "
+            f"UNION ALL SELECT 'params' AS kind, key FROM params{where} GROUP BY key", params)
+        return {kind: sorted(r["key"] for r in rows if r["kind"] == kind) for kind in ("metrics", "params")}
+
+    def curves(self, run_ids: str | Sequence[str], metrics: Sequence[str] | None = None, x: str = "step",
+               buckets: int = 1000, lo: float | None = None, hi: float | None = None, per_rank: bool = False,
+               project: str | None = None) -> dict:
+        """Chart data for every metric (or ``metrics``) of one run or several (compare), in one
+        round trip after the bounds: each series cut into at most ``buckets`` equal buckets of
+        x (step, or time in epoch ms), keeping per bucket the min and max over all ranks (with
+        the rank and step where they occurred), the mean of the ranks' last values, and the
+        x of the bucket's last point. lo/hi: the x range (a zoom); without them each metric's
+        whole range. Every run of a metric shares its buckets, so compared runs line up. When a
+        bucket holds one step the points are the stored points (full resolution).
+
+        Returns {metric: {"lo", "hi", "width" (x units per bucket), "runs": {run_id: {"x",
+        "min", "max", "mean", "min_rank", "min_step", "max_rank", "max_step", "count",
+        "ranks" (per_rank: {rank: {"x", "min", "max", "last"}})}}}}; lists are columns."""
+        if x not in ("step", "time"):
+            raise QueryError(f"x must be 'step' or 'time', got {x!r}")
+        buckets = _positive_int(buckets, "buckets")
+        single = isinstance(run_ids, str)
+        projects = self._resolve([run_ids] if single else list(run_ids), project)
+        params: dict[str, Any] = {"ps": sorted(set(projects.values())), "rs": list(projects), "n": buckets}
+        where = "project IN {ps:Array(String)} AND run_id IN {rs:Array(String)}"
+        if metrics is not None:
+            params["ns"] = list(metrics)
+            where += " AND name IN {ns:Array(String)}"
+        key = "step" if x == "step" else "toUnixTimestamp64Milli(ts)"
+        if lo is not None:
+            params["lo"] = int(math.floor(lo))
+            where += f" AND {key} >= {{lo:Int64}}"
+        if hi is not None:
+            params["hi"] = int(math.ceil(hi))
+            where += f" AND {key} <= {{hi:Int64}}"
+        bounds = self._query(f"SELECT toString(name) AS name, min({key}) AS lo, max({key}) AS hi FROM metrics "
+                             f"WHERE {where} GROUP BY name ORDER BY name", params)
+        if not bounds:
+            return {}
+        names = [b["name"] for b in bounds]
+        los = [int(params.get("lo", b["lo"])) for b in bounds]
+        widths = [max(1, (int(params.get("hi", b["hi"])) - lo_) // buckets + 1) for b, lo_ in zip(bounds, los)]
+        params.update(b_names=names, b_los=los, b_widths=widths)
+        bucket = (f"transform(toString(name), {{b_names:Array(String)}}, {{b_los:Array(Int64)}}, toInt64(0)) + "
+                  f"intDiv({key} - transform(toString(name), {{b_names:Array(String)}}, {{b_los:Array(Int64)}}, "
+                  f"toInt64(0)), transform(toString(name), {{b_names:Array(String)}}, {{b_widths:Array(Int64)}}, "
+                  "toInt64(1))) * transform(toString(name), {b_names:Array(String)}, {b_widths:Array(Int64)}, toInt64(1))")
+        per_rank_sql = (
+            f"SELECT run_id, toString(name) AS metric, rank, {bucket} AS b, min(value) AS r_min, max(value) AS r_max, "
+            f"argMin(step, value) AS r_min_step, argMax(step, value) AS r_max_step, "
+            f"argMax(value, ({key}, ts)) AS r_last, max({key}) AS r_x, count() AS r_count "
+            f"FROM metrics WHERE {where} GROUP BY run_id, name, rank, b")
+        rows = self._query(
+            "SELECT run_id, metric, b, max(r_x) AS x, min(r_min) AS min, max(r_max) AS max, "
+            "argMin(rank, r_min) AS min_rank, argMin(r_min_step, r_min) AS min_step, "
+            "argMax(rank, r_max) AS max_rank, argMax(r_max_step, r_max) AS max_step, "
+            "avg(r_last) AS mean, sum(r_count) AS count, "
+            "groupArray((rank, r_x, r_min, r_max, r_last)) AS per_rank "
+            f"FROM ({per_rank_sql}) GROUP BY run_id, metric, b ORDER BY run_id, metric, b", params)
+        out: dict[str, dict] = {}
+        for name, lo_, w, b in zip(names, los, widths, bounds):
+            out[name] = {"lo": lo_, "hi": int(params.get("hi", b["hi"])), "width": w, "runs": {}}
+        columns = ("x", "min", "max", "mean", "min_rank", "min_step", "max_rank", "max_step", "count")
+        for row in rows:
+            series = out[row["metric"]]["runs"].setdefault(row["run_id"], {c: [] for c in columns})
+            for c in columns:
+                series[c].append(row[c])
+            if per_rank:
+                ranks = series.setdefault("ranks", {})
+                for rank, rx, rmin, rmax, rlast in row["per_rank"]:
+                    line = ranks.setdefault(int(rank), {"x": [], "min": [], "max": [], "last": []})
+                    line["x"].append(rx)
+                    line["min"].append(rmin)
+                    line["max"].append(rmax)
+                    line["last"].append(rlast)
+        return out
+
+    def gpu_panel(self, run_id: str, buckets: int = 300, project: str | None = None) -> list[dict]:
+        """Every GPU of a run over time, for its GPU panel: [{host, gpu_uuid, gpu_index,
+        gpu_name, "series": {"t" (bucket start, epoch ms), temperature_c (max),
+        memory_used_bytes (max), memory_total_bytes, power_w (max), power_limit_w,
+        gpu_utilization_pct (mean), sm_clock_mhz (min), memory_clock_mhz (min),
+        throttle_reasons (OR of the bits)}}], by host and index."""
+        buckets = _positive_int(buckets, "buckets")
+        project = self._resolve([run_id], project)[run_id]
+        where = "project = {p:String} AND run_id = {r:String}"
+        rows = self._query(
+            f"WITH (SELECT (min(toUnixTimestamp64Milli(ts)), max(toUnixTimestamp64Milli(ts))) FROM gpu_samples "
+            f"WHERE {where}) AS bounds, bounds.1 AS lo, greatest(1, intDiv(bounds.2 - bounds.1, {{n:UInt32}}) + 1) AS w "
+            "SELECT toString(host) AS host, toString(gpu_uuid) AS gpu_uuid, min(gpu_index) AS gpu_index, "
+            "toString(any(gpu_name)) AS gpu_name, lo + intDiv(toUnixTimestamp64Milli(ts) - lo, w) * w AS t, "
+            "max(temperature_c) AS temperature_c, max(memory_used_bytes) AS memory_used_bytes, "
+            "max(memory_total_bytes) AS memory_total_bytes, max(power_w) AS power_w, "
+            "max(power_limit_w) AS power_limit_w, avg(gpu_utilization_pct) AS gpu_utilization_pct, "
+            "min(sm_clock_mhz) AS sm_clock_mhz, min(memory_clock_mhz) AS memory_clock_mhz, "
+            "groupBitOr(throttle_reasons) AS throttle_reasons "
+            f"FROM gpu_samples WHERE {where} GROUP BY host, gpu_uuid, t ORDER BY host, gpu_index, gpu_uuid, t",
+            {"p": project, "r": run_id, "n": buckets})
+        fields = ("t", "temperature_c", "memory_used_bytes", "memory_total_bytes", "power_w", "power_limit_w",
+                  "gpu_utilization_pct", "sm_clock_mhz", "memory_clock_mhz", "throttle_reasons")
+        gpus: dict[tuple[str, str], dict] = {}
+        for row in rows:
+            gpu = gpus.setdefault((row["host"], row["gpu_uuid"]), {
+                "host": row["host"], "gpu_uuid": row["gpu_uuid"], "gpu_index": row["gpu_index"],
+                "gpu_name": row["gpu_name"], "series": {f: [] for f in fields}})
+            for f in fields:
+                gpu["series"][f].append(row[f])
+        return sorted(gpus.values(), key=lambda g: (g["host"], g["gpu_index"], g["gpu_uuid"]))
+
+    def fleet(self, project: str | Sequence[str] | None = None, window_s: float = 600, until=None) -> list[dict]:
+        """Every GPU that reported in the last ``window_s`` seconds (the running jobs' GPUs):
+        [{project, host, gpu_uuid, gpu_index, gpu_name, run_id, rank, last_seen, temperature_c
+        (latest), max_temperature_c (in the window), memory_used_bytes, memory_total_bytes,
+        headroom_bytes, gpu_utilization_pct, power_w, throttle_reasons (OR over the window)}],
+        hottest first."""
+        lo, hi = self._window(window_s, until)
+        params: dict[str, Any] = {"lo": lo, "hi": hi}
+        where = ("ts >= fromUnixTimestamp64Milli({lo:Int64}, 'UTC') AND ts <= fromUnixTimestamp64Milli({hi:Int64}, 'UTC')")
+        if isinstance(project, str):
+            where, params["p"] = "project = {p:String} AND " + where, project
+        elif project is not None:
+            where, params["p"] = "project IN {p:Array(String)} AND " + where, sorted(project)
+        rows = self._query(
+            "SELECT toString(project) AS project, toString(host) AS host, toString(gpu_uuid) AS gpu_uuid, "
+            "min(gpu_index) AS gpu_index, toString(any(gpu_name)) AS gpu_name, argMax(run_id, ts) AS run_id, "
+            "argMax(rank, ts) AS rank, max(ts) AS last_seen, argMax(temperature_c, ts) AS temperature_c, "
+            "max(temperature_c) AS max_temperature_c, argMax(memory_used_bytes, ts) AS memory_used_bytes, "
+            "max(memory_total_bytes) AS memory_total_bytes, argMax(gpu_utilization_pct, ts) AS gpu_utilization_pct, "
+            "argMax(power_w, ts) AS power_w, groupBitOr(throttle_reasons) AS throttle_reasons "
+            f"FROM gpu_samples WHERE {where} GROUP BY project, host, gpu_uuid "
+            "ORDER BY max_temperature_c DESC, host, gpu_index", params)
+        for row in rows:
+            row["last_seen"] = _utc(row["last_seen"])
+            row["run_id"] = str(row["run_id"])
+            row["headroom_bytes"] = row["memory_total_bytes"] - row["memory_used_bytes"]
+        return rows
+
+    def alerts_list(self, project: str | Sequence[str] | None = None, run_id: str | None = None,
+                    state: str | None = None, limit: int = 200) -> list[dict]:
+        """Alerts, open ones (pending, firing) first, then newest: [{project, alert_id, rule,
+        severity, state, run_id, host, gpu_uuid, rank, value, message, started_at,
+        resolved_at}]. state: "open" (pending or firing), "resolved", or None for all."""
+        limit = _positive_int(limit, "limit")
+        params: dict[str, Any] = {"limit": limit}
+        conditions = []
+        if isinstance(project, str):
+            conditions.append("project = {p:String}")
+            params["p"] = project
+        elif project is not None:
+            conditions.append("project IN {p:Array(String)}")
+            params["p"] = sorted(project)
+        inner_where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        outer = []
+        if run_id is not None:
+            outer.append("run_id = {r:String}")
+            params["r"] = run_id
+        if state == "open":
+            outer.append("state IN ('pending', 'firing')")
+        elif state == "resolved":
+            outer.append("state = 'resolved'")
+        elif state is not None:
+            raise QueryError(f"state must be 'open' or 'resolved', got {state!r}")
+        outer_where = f" WHERE {' AND '.join(outer)}" if outer else ""
+        rows = self._query(
+            "SELECT project, alert_id, rule, severity, state, run_id, host, gpu_uuid, rank, value, message, "
+            "started_at, resolved_at FROM (SELECT toString(project) AS project, alert_id, toString(rule) AS rule, "
+            "toString(severity) AS severity, toString(state) AS state, run_id, toString(host) AS host, gpu_uuid, "
+            f"rank, value, message, started_at, resolved_at FROM alerts FINAL{inner_where}){outer_where} "
+            "ORDER BY state = 'resolved', started_at DESC LIMIT {limit:UInt64}", params)
+        for row in rows:
+            row["started_at"], row["resolved_at"] = _utc(row["started_at"]), _utc(row["resolved_at"])
+        return rows
+
+    def run_project(self, run_id: str, project: str | None = None) -> str:
+        """The project of a run (RunNotFound when there is none)."""
+        return self._resolve([run_id], project)[run_id]
+
 
 def _combine_ranks(per_rank: str, across_ranks: bool) -> str:
     """The outer query over per-(rank, bucket) rows r_min, r_max, r_last, r_key, r_count."""

@@ -79,8 +79,19 @@ def cmd_sync(args) -> int:
 def cmd_up(args) -> int:
     from runwire.deploy.local.stack import LocalStack
 
-    with LocalStack(data_dir=args.data_dir, kafka=args.kafka, gateway_listen=args.listen, alerts=True) as stack:
+    if args.data_dir:
+        stack = LocalStack(data_dir=args.data_dir, kafka=args.kafka, gateway_listen=args.listen or "127.0.0.1:50051",
+                           alerts=True)
+    else:
+        try:
+            stack = LocalStack.store(gateway_listen=args.listen, kafka=args.kafka, alerts=True)
+        except RuntimeError as exc:
+            print(f"runwire up: {exc}", file=sys.stderr)
+            return 2
+    with stack:
         print(stack.describe(), flush=True)
+        if stack.record:
+            print(f"store:      {stack.data_dir}  (commands and emitters find this stack by themselves)", flush=True)
         stop = threading.Event()
         _install_stop_signals(stop)
         stop.wait()
@@ -108,8 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("up", help="run a local stack (ClickHouse via chDB, gateway, ingest) until Ctrl-C")
     p.add_argument("--kafka", action="store_true", help="also run a local Kafka broker and go through it")
-    p.add_argument("--listen", default="127.0.0.1:50051", help="gateway address (default 127.0.0.1:50051)")
-    p.add_argument("--data-dir", default=None)
+    p.add_argument("--listen", default=None, help="gateway address (default 127.0.0.1:50051)")
+    p.add_argument("--data-dir", default=None,
+                   help="keep the data here instead of the local store ($RUNWIRE_HOME, else ~/.local/share/runwire); "
+                        "such a stack is not recorded for other commands")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("gateway", help="run the gRPC gateway (settings also from RUNWIRE_* variables)")
@@ -138,8 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     from runwire.storage import commands as storage_commands
     from runwire.ingest.alerts import commands as alert_commands
 
+    from runwire.deploy import ui as ui_command
+
     storage_commands.register(sub)
     alert_commands.register(sub)
+    ui_command.register(sub)
 
     p = sub.add_parser("sync", help="deliver envelopes left in a spool directory")
     p.add_argument("spool_dir")

@@ -41,3 +41,35 @@ def connect(url: str, database: str = "runwire", create: bool = True, **settings
             if not url.startswith("chdb:"):
                 admin.close()
     return clickhouse_connect.get_client(dsn=url, database=database, **settings)
+
+
+def resolve_url(explicit: str | None = None, announce=None) -> str | None:
+    """Which ClickHouse a command reads when the user named none: ``explicit`` (--clickhouse-url),
+    else $RUNWIRE_CLICKHOUSE_URL, else the running local stack (runwire.proto.localstack), else
+    the local store opened in-process (``chdb://``; nothing else may have it open). None when
+    there is none of these. ``announce(message)`` is told which one was picked when it was
+    found rather than given (commands print it on stderr)."""
+    import os
+
+    from runwire.proto import localstack
+
+    url = explicit or os.environ.get("RUNWIRE_CLICKHOUSE_URL")
+    if url:
+        return url
+    record = localstack.read_record()
+    if record and record.get("clickhouse_url"):
+        if announce:
+            announce(f"using the local stack's ClickHouse at {record['clickhouse_url']} (from {record['path']})")
+        return record["clickhouse_url"]
+    if localstack.store_exists():
+        path = localstack.clickhouse_dir()
+        if announce:
+            announce(f"using the local store {path} (no stack running; `runwire up` serves it)")
+        return f"chdb://{path}"
+    return None
+
+
+def announce_on_stderr(message: str) -> None:
+    import sys
+
+    print(f"runwire: {message}", file=sys.stderr)

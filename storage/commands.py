@@ -129,16 +129,17 @@ def _guarded(command):
 def _queries(args):
     import logging
 
-    from runwire.storage.client import connect, redact
+    from runwire.storage.client import announce_on_stderr, connect, redact, resolve_url
     from runwire.storage.query import RunQueries
 
     # Their retry warnings would repeat what the one error line below says.
     for name in ("urllib3", "clickhouse_connect"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
-    url = args.clickhouse_url or os.environ.get("RUNWIRE_CLICKHOUSE_URL")
+    url = resolve_url(args.clickhouse_url, announce_on_stderr)
     if not url:
-        raise _UsageError("no ClickHouse: pass --clickhouse-url or set RUNWIRE_CLICKHOUSE_URL")
+        raise _UsageError("no ClickHouse: pass --clickhouse-url, set RUNWIRE_CLICKHOUSE_URL, or start the local "
+                          "stack (`runwire up`)")
     database = args.database or os.environ.get("RUNWIRE_CLICKHOUSE_DATABASE") or "runwire"
     try:
         client = connect(url, database, create=False)

@@ -966,12 +966,16 @@ class RunQueries:
         rows = self._query(
             "SELECT toString(project) AS project, toString(host) AS host, toString(gpu_uuid) AS gpu_uuid, "
             "min(gpu_index) AS gpu_index, toString(any(gpu_name)) AS gpu_name, argMax(run_id, ts) AS run_id, "
-            "argMax(rank, ts) AS rank, max(ts) AS last_seen, argMax(temperature_c, ts) AS temperature_c, "
-            "max(temperature_c) AS max_temperature_c, argMax(memory_used_bytes, ts) AS memory_used_bytes, "
-            "max(memory_total_bytes) AS memory_total_bytes, argMax(gpu_utilization_pct, ts) AS gpu_utilization_pct, "
-            "argMax(power_w, ts) AS power_w, groupBitOr(throttle_reasons) AS throttle_reasons "
+            "argMax(rank, ts) AS last_rank, max(ts) AS last_seen, argMax(temperature_c, ts) AS cur_temperature_c, "
+            "max(temperature_c) AS max_temperature_c, argMax(memory_used_bytes, ts) AS cur_memory_used_bytes, "
+            "max(memory_total_bytes) AS total_bytes, argMax(gpu_utilization_pct, ts) AS cur_gpu_utilization_pct, "
+            "argMax(power_w, ts) AS cur_power_w, groupBitOr(throttle_reasons) AS throttle_bits "
             f"FROM gpu_samples WHERE {where} GROUP BY project, host, gpu_uuid "
             "ORDER BY max_temperature_c DESC, host, gpu_index", params)
+        renames = {"last_rank": "rank", "cur_temperature_c": "temperature_c", "cur_memory_used_bytes": "memory_used_bytes",
+                   "total_bytes": "memory_total_bytes", "cur_gpu_utilization_pct": "gpu_utilization_pct",
+                   "cur_power_w": "power_w", "throttle_bits": "throttle_reasons"}
+        rows = [{renames.get(k, k): v for k, v in row.items()} for row in rows]
         for row in rows:
             row["last_seen"] = _utc(row["last_seen"])
             row["run_id"] = str(row["run_id"])

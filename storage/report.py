@@ -781,12 +781,13 @@ def cmd_report(args) -> int:
 
     from clickhouse_connect.driver.exceptions import ClickHouseError
 
-    from runwire.storage.client import connect, redact
+    from runwire.storage.client import announce_on_stderr, connect, redact, resolve_url
     from runwire.storage.query import QueryError, _server_message
 
-    url = args.clickhouse_url or os.environ.get("RUNWIRE_CLICKHOUSE_URL")
+    url = resolve_url(args.clickhouse_url, announce_on_stderr)
     if not url:
-        print("runwire: no ClickHouse: pass --clickhouse-url or set RUNWIRE_CLICKHOUSE_URL", file=sys.stderr)
+        print("runwire: no ClickHouse: pass --clickhouse-url, set RUNWIRE_CLICKHOUSE_URL, or start the local stack "
+              "(`runwire up`)", file=sys.stderr)
         return 2
     database = args.database or os.environ.get("RUNWIRE_CLICKHOUSE_DATABASE") or "runwire"
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None

@@ -44,11 +44,12 @@ def cmd_ls(args) -> int:
 
     from runwire.ingest.alerts.report import alerts_json, format_alerts
     from runwire.ingest.alerts.store import query_alerts
-    from runwire.storage.client import connect, redact
+    from runwire.storage.client import announce_on_stderr, connect, redact, resolve_url
 
-    url = args.clickhouse_url or os.environ.get("RUNWIRE_CLICKHOUSE_URL")
+    url = resolve_url(args.clickhouse_url, announce_on_stderr)
     if not url:
-        print("runwire alerts ls: give --clickhouse-url or set RUNWIRE_CLICKHOUSE_URL", file=sys.stderr)
+        print("runwire alerts ls: give --clickhouse-url, set RUNWIRE_CLICKHOUSE_URL, or start the local stack "
+              "(`runwire up`)", file=sys.stderr)
         return 2
     database = args.database or os.environ.get("RUNWIRE_CLICKHOUSE_DATABASE") or "runwire"
     try:

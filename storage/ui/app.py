@@ -8,6 +8,8 @@ API (GET only; JSON; times ISO 8601 UTC; NaN and infinities as the strings "NaN"
     /api/v1/columns?project=P              metric names and param keys (column chooser)
     /api/v1/runs?project=&filter=&sort=&desc=&offset=&limit=&metric=NAME&param=KEY
                                            one page of the runs table: {total, offset, limit, runs}
+    /api/v1/filter?filter=F                checks a runs filter without running it: {"valid": true}
+                                           or {"valid": false, "error", "reason", "position"}
     /api/v1/runs/{run}                     a run: params, tags, ranks, hosts, metrics, stragglers
     /api/v1/runs/{run}/curves?x=step|time&buckets=&lo=&hi=&metric=&per_rank=1
                                            chart data, bucketed to the chart's pixel width
@@ -41,7 +43,7 @@ from starlette.staticfiles import StaticFiles
 
 from runwire.proto.auth import bearer_token, projects_for
 from runwire.storage.commands import _jsonable
-from runwire.storage.filters import FilterError
+from runwire.storage.filters import FilterError, parse_filter
 from runwire.storage.query import NotFound, QueryError, RunQueries
 
 STATIC = Path(__file__).parent / "static"
@@ -163,6 +165,14 @@ def create_app(connect: Callable[[], object], tokens: Mapping[str, str] | None =
     def columns(request):
         return queries().metric_columns(scope(request))
 
+    def check_filter(request):
+        allowed(request)
+        try:
+            parse_filter(request.query_params.get("filter", ""))
+        except FilterError as exc:
+            return {"valid": False, "error": str(exc), "reason": exc.reason, "position": exc.position}
+        return {"valid": True}
+
     def runs(request):
         q = request.query_params
         offset = _int_arg(request, "offset", 0)
@@ -251,6 +261,7 @@ def create_app(connect: Callable[[], object], tokens: Mapping[str, str] | None =
     api = [
         Route("/projects", endpoint(projects)),
         Route("/columns", endpoint(columns)),
+        Route("/filter", endpoint(check_filter)),
         Route("/runs", endpoint(runs)),
         Route("/runs/{run_id:path}/curves", endpoint(curves)),
         Route("/runs/{run_id:path}/gpus", endpoint(gpus)),

@@ -133,6 +133,12 @@ def test_bad_filter_is_400_with_the_caret_message(api):
     assert lines[2].index("^") == lines[1].index("lt")
 
 
+def test_filter_check(api):
+    assert ok(api.get("/filter", params={"filter": "metrics.loss < 2 and params.lr = '0.1'"})) == {"valid": True}
+    bad = ok(api.get("/filter", params={"filter": "params.lr = "}))
+    assert bad["valid"] is False and bad["position"] == 12 and bad["error"].splitlines()[2].strip() == "^"
+
+
 @pytest.mark.parametrize("params, needle", [
     ({"sort": "bogus"}, "cannot sort by"),
     ({"limit": "0"}, "limit"),

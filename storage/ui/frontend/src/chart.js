@@ -8,6 +8,18 @@ export const SERIES_COLORS = ["#2f6fde", "#e4572e", "#29a35a", "#9b51e0", "#f2a9
   "#6c757d", "#8c564b", "#1f3b73", "#7cb342", "#ff7043", "#5c6bc0", "#26a69a", "#ab47bc", "#ffa726",
   "#78909c", "#ec407a", "#9ccc65", "#42a5f5"];
 
+// Axis ticks: short, and never "0" for small values (uPlot's default rounds 3e-4 to 0).
+function tick(v) {
+  if (v === null || v === undefined) return "";
+  const a = Math.abs(v);
+  if (a === 0) return "0";
+  if (a >= 1e9) return (v / 1e9).toPrecision(3).replace(/\.?0+$/, "") + "G";
+  if (a >= 1e6) return (v / 1e6).toPrecision(3).replace(/\.?0+$/, "") + "M";
+  if (a >= 1e4) return (v / 1e3).toPrecision(3).replace(/\.?0+$/, "") + "k";
+  if (a < 1e-2) return v.toExponential(1);
+  return String(Number(v.toPrecision(4)));
+}
+
 function ema(ys, alpha) { // TensorBoard-style smoothing, skipping gaps
   if (!alpha) return ys;
   let last = null;
@@ -23,7 +35,8 @@ export class LineChart {
     this.series = null;
     this.drawCount = 0;
     this.hover = el("div", { class: "hover" });
-    box.append(el("div", { class: "title" }, opts.title), this.hover);
+    this.legend = el("div", { class: "muted", style: "margin:0 4px;font-size:11px" });
+    box.append(el("div", { class: "title" }, opts.title), this.legend, this.hover);
     this.holder = el("div");
     box.append(this.holder);
   }
@@ -77,11 +90,21 @@ export class LineChart {
       }
     }
     this.specs = specs;
+    if (this.opts.legend) {
+      this.legend.textContent = "";
+      specs.forEach((s, i) => {
+        if (s.kind !== "line") return;
+        const c = uSeries.find((u) => u.label === s.line.label).stroke;
+        this.legend.append(el("span", { style: "margin-right:10px" }, el("span", { class: "legend-swatch", style: `background:${c}` }), s.line.label));
+      });
+    }
     const self = this;
     const opts = {
       width: this.opts.width, height: this.opts.height,
       scales: { x: { time: !!this.opts.xTime }, y: this.opts.log ? { distr: 3 } : {} },
-      axes: [{ label: this.opts.xLabel || undefined, size: this.opts.xLabel ? 40 : 30 }, { size: 60 }],
+      axes: [{ label: this.opts.xLabel || undefined, size: this.opts.xLabel ? 40 : 30,
+        ...(this.opts.xTime ? {} : { values: (u, splits) => splits.map(tick) }) },
+        { size: 56, values: (u, splits) => splits.map(tick) }],
       series: uSeries, bands,
       legend: { show: false },
       cursor: { drag: { x: true, y: false, setScale: false }, points: { size: 6 } },

@@ -128,14 +128,11 @@ async function runsPage(params) {
     const mine = ++seq;
     const query = { project, filter: state.filter, sort: state.sort, desc: state.desc ? 1 : 0,
       offset: state.offset, limit: PAGE_SIZE, metric: [...new Set(state.metrics.map((m) => m[0]))], param: state.params };
-    let page;
-    try {
-      page = await api("/runs", query);
-    } catch (err) {
-      if (mine !== seq) return;
-      if (err.status === 400) { errorBox.textContent = err.message; errorBox.hidden = false; return; }
-      throw err;
-    }
+    // Checked first, so a typo shows its caret message without a failed request.
+    const check = state.filter ? await api("/filter", { filter: state.filter }) : { valid: true };
+    if (mine !== seq) return;
+    if (!check.valid) { errorBox.textContent = check.error; errorBox.hidden = false; return; }
+    const page = await api("/runs", query);
     if (mine !== seq) return;
     errorBox.hidden = true;
     drawTable(page);
@@ -163,7 +160,7 @@ async function runsPage(params) {
       header("run", "name"), header("status", "status"), header("user", "user"), header("start", "start_time"),
       header("duration", "duration", true), header("ranks", "ranks", true), header("hosts", "hosts", true));
     state.metrics.forEach(([m, stat], i) => {
-      const th = header(`${m} (${stat})`, `metrics.${m}.${stat}`, true, () => state.metrics.splice(i, 1));
+      const th = header(m, `metrics.${m}.${stat}`, true, () => state.metrics.splice(i, 1));
       const statPick = el("select", { title: "last / min / max" }, ...["last", "min", "max"].map((s) => el("option", { value: s, selected: s === stat }, s)));
       statPick.addEventListener("click", (e) => e.stopPropagation());
       statPick.addEventListener("change", () => { state.metrics[i][1] = statPick.value; save(); load(); });
@@ -212,6 +209,12 @@ async function runsPage(params) {
 }
 
 // --- Run -----------------------------------------------------------------------------------
+
+// Charts fill their grid cell (the grid's columns are at least 520 px wide).
+function gridChartWidth(grid) {
+  const w = grid.clientWidth || 1000;
+  return Math.max(300, Math.floor((w - 12 * (Math.max(1, Math.floor(w / 520)) - 1)) / Math.max(1, Math.floor(w / 520))) - 14);
+}
 
 function chartOptionsBox(opts, onChange) {
   const xSel = el("select", { id: "xaxis" }, ...[["step", "step"], ["wall", "wall time"], ["relative", "relative time"]]
@@ -291,7 +294,7 @@ async function runPage(runId, params) {
     return (await api(`/runs/${encodeURIComponent(runId)}/curves`, q)).metrics;
   }
 
-  function chartWidth() { return Math.max(300, (chartGrid.clientWidth || 1000) / Math.max(1, Math.floor((chartGrid.clientWidth || 1000) / 520)) - 16); }
+  const chartWidth = () => gridChartWidth(chartGrid);
 
   function seriesFor(metric, data) {
     const s = data.runs[runId];
@@ -354,7 +357,7 @@ async function runPage(runId, params) {
         throttled.length ? el("span", { class: "throttle" }, ` · throttled: ${throttled.join(", ")}`) : ""));
       const chart = new LineChart(box, {
         title: `${gpu.host} · GPU ${gpu.gpu_index} · ${gpu.gpu_name}`, xTime: true, width: 400, height: 170,
-        markers: mine.map((a) => [Date.parse(a.started_at) / 1000, a.rule]), multiAxis: true,
+        markers: mine.map((a) => [Date.parse(a.started_at) / 1000, a.rule]), legend: true,
       });
       chart.setSeries({ x: t, bands: [], lines: [
         { label: "temp °C", x: t, y: s.temperature_c },
@@ -434,7 +437,7 @@ async function comparePage(params) {
       const box = el("div", { class: "chart", "data-metric": metric });
       grid.append(box);
       const chart = new LineChart(box, {
-        title: metric, xTime: opts.x !== "step", log: opts.log, smoothing: opts.smoothing, width: 560,
+        title: metric, xTime: opts.x !== "step", log: opts.log, smoothing: opts.smoothing, width: gridChartWidth(grid),
         onZoom: async (range) => chart.setSeries(seriesOf((await fetch(metric, range)).metrics[metric] || { runs: {} }), range),
         onReset: async () => chart.setSeries(seriesOf((await fetch(metric, null)).metrics[metric] || { runs: {} }), null),
       });
@@ -453,10 +456,8 @@ async function comparePage(params) {
     const metricRows = [];
     for (const [name, per] of Object.entries(result.summary || {})) {
       for (const stat of ["last", "min", "max"]) {
-        const vals = runIds.map((r) => per[r]?.[stat]);
-        const nums = vals.filter((v) => typeof v === "number");
-        const best = stat === "max" ? Math.max(...nums) : Math.min(...nums);
-        metricRows.push(el("tr", {}, el("td", {}, `${name} (${stat})`), ...vals.map((v) => el("td", { class: "num", style: v === best && nums.length > 1 ? "font-weight:700" : "" }, fmt(v)))));
+        metricRows.push(el("tr", {}, el("td", {}, `${name} (${stat === "last" ? "final" : stat})`),
+          ...runIds.map((r) => el("td", { class: "num" }, fmt(per[r]?.[stat])))));
       }
     }
     tables.append(

@@ -114,7 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=20.0, help="seconds of simulated training (default 20)")
     p.add_argument("--nodes", type=int, default=2)
     p.add_argument("--ranks-per-node", type=int, default=2)
-    p.add_argument("--data-dir", default=None, help="where ClickHouse keeps its data (default: a temp dir)")
+    p.add_argument("--data-dir", default=None,
+                   help="where ClickHouse keeps its data (default: the local store, $RUNWIRE_HOME, else "
+                        "~/.local/share/runwire, where `runwire ui` finds it)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("up", help="run a local stack (ClickHouse via chDB, gateway, ingest) until Ctrl-C")

@@ -78,13 +78,17 @@ class EmitterConfig:
 
 
 def local_gateway() -> str:
-    """The gateway of the running local stack (`runwire up`, `runwire demo`), else the default
-    address; says which (once per process)."""
+    """The gateway of the running local stack (`runwire up`, `runwire ui`, `runwire demo`), else
+    the default address. Says so on stderr, as trackers do ("wandb: Syncing run ..."), since
+    logging is often unconfigured in a training script."""
+    import sys
+
     from runwire.proto import localstack
 
     record = localstack.read_record()
     if record and record.get("gateway"):
-        log.info("sending to the local stack's gateway %s (%s)", record["gateway"], record["path"])
+        print(f"runwire: logging to the local stack's gateway {record['gateway']} ({record['path']})",
+              file=sys.stderr, flush=True)
         return record["gateway"]
     return f"127.0.0.1:{localstack.DEFAULT_GATEWAY_PORT}"
 

@@ -28,7 +28,7 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
-            raise PortInUse(errno.EADDRINUSE, f"{host}:{port} is already in use (pick another with --listen)") from None
+            raise PortInUse(f"{host}:{port} is already in use (pick another with --listen)") from None
         raise
     sock.listen(2048)
     sock.setblocking(False)

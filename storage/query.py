@@ -848,17 +848,19 @@ class RunQueries:
     def curves(self, run_ids: str | Sequence[str], metrics: Sequence[str] | None = None, x: str = "step",
                buckets: int = 1000, lo: float | None = None, hi: float | None = None, per_rank: bool = False,
                project: str | None = None) -> dict:
-        """Chart data for every metric (or ``metrics``) of one run or several (compare), in one
-        round trip after the bounds: each series cut into at most ``buckets`` equal buckets of
-        x (step, or time in epoch ms), keeping per bucket the min and max over all ranks (with
-        the rank and step where they occurred), the mean of the ranks' last values, and the
-        x of the bucket's last point. lo/hi: the x range (a zoom); without them each metric's
-        whole range. Every run of a metric shares its buckets, so compared runs line up. When a
-        bucket holds one step the points are the stored points (full resolution).
+        """Chart data for every metric (or ``metrics``) of one run or several (compare): each
+        series cut into at most ``buckets`` equal buckets of x (step, or time in epoch ms),
+        keeping per bucket the min and max over all ranks with the rank and step where they
+        occurred, the mean over the ranks' points and the x of its last point, so that a spike
+        is never averaged away. lo/hi: the x range (a zoom); without them each metric's whole
+        range. Every run of a metric shares its buckets, so compared runs line up; a bucket that
+        holds one step carries the stored points themselves (full resolution). per_rank: also
+        each rank's line (its last value per bucket).
 
         Returns {metric: {"lo", "hi", "width" (x units per bucket), "runs": {run_id: {"x",
         "min", "max", "mean", "min_rank", "min_step", "max_rank", "max_step", "count",
-        "ranks" (per_rank: {rank: {"x", "min", "max", "last"}})}}}}; lists are columns."""
+        "ranks" (per_rank: {rank: {"x", "min", "max", "last"}})}}}}; lists are columns.
+        One round trip for the bounds, one per level (band, per rank), read as Arrow columns."""
         if x not in ("step", "time"):
             raise QueryError(f"x must be 'step' or 'time', got {x!r}")
         buckets = _positive_int(buckets, "buckets")
@@ -880,43 +882,41 @@ class RunQueries:
                              f"WHERE {where} GROUP BY name ORDER BY name", params)
         if not bounds:
             return {}
-        names = [b["name"] for b in bounds]
-        los = [int(params.get("lo", b["lo"])) for b in bounds]
-        widths = [max(1, (int(params.get("hi", b["hi"])) - lo_) // buckets + 1) for b, lo_ in zip(bounds, los)]
-        params.update(b_names=names, b_los=los, b_widths=widths)
-        bucket = (f"transform(toString(name), {{b_names:Array(String)}}, {{b_los:Array(Int64)}}, toInt64(0)) + "
-                  f"intDiv({key} - transform(toString(name), {{b_names:Array(String)}}, {{b_los:Array(Int64)}}, "
-                  f"toInt64(0)), transform(toString(name), {{b_names:Array(String)}}, {{b_widths:Array(Int64)}}, "
-                  "toInt64(1))) * transform(toString(name), {b_names:Array(String)}, {b_widths:Array(Int64)}, toInt64(1))")
-        per_rank_sql = (
-            f"SELECT run_id, toString(name) AS metric, rank, {bucket} AS b, min(value) AS r_min, max(value) AS r_max, "
-            f"argMin(step, value) AS r_min_step, argMax(step, value) AS r_max_step, "
-            f"argMax(value, ({key}, ts)) AS r_last, max({key}) AS r_x, count() AS r_count "
-            f"FROM metrics WHERE {where} GROUP BY run_id, name, rank, b")
-        rows = self._query(
-            "SELECT run_id, metric, b, max(r_x) AS x, min(r_min) AS min, max(r_max) AS max, "
-            "argMin(rank, r_min) AS min_rank, argMin(r_min_step, r_min) AS min_step, "
-            "argMax(rank, r_max) AS max_rank, argMax(r_max_step, r_max) AS max_step, "
-            "avg(r_last) AS mean, sum(r_count) AS count, "
-            "groupArray((rank, r_x, r_min, r_max, r_last)) AS per_rank "
-            f"FROM ({per_rank_sql}) GROUP BY run_id, metric, b ORDER BY run_id, metric, b", params)
         out: dict[str, dict] = {}
-        for name, lo_, w, b in zip(names, los, widths, bounds):
-            out[name] = {"lo": lo_, "hi": int(params.get("hi", b["hi"])), "width": w, "runs": {}}
+        for b in bounds:
+            lo_, hi_ = int(params.get("lo", b["lo"])), int(params.get("hi", b["hi"]))
+            out[b["name"]] = {"lo": lo_, "hi": hi_, "width": max(1, (hi_ - lo_) // buckets + 1), "runs": {}}
+        params.update(b_names=list(out), b_los=[m["lo"] for m in out.values()],
+                      b_widths=[m["width"] for m in out.values()])
+        # Per point: its metric's bucket origin and width, then its bucket.
+        bucket = (f"transform(toString(name), {{b_names:Array(String)}}, {{b_los:Array(Int64)}}, toInt64(0)) AS b_lo, "
+                  f"transform(toString(name), {{b_names:Array(String)}}, {{b_widths:Array(Int64)}}, toInt64(1)) AS b_w, "
+                  f"b_lo + intDiv({key} - b_lo, b_w) * b_w AS b")
+        band = self._columns(
+            f"SELECT run_id, toString(name) AS metric, {bucket}, max({key}) AS x, min(value) AS min, "
+            "max(value) AS max, argMin((rank, step), value) AS at_min, argMax((rank, step), value) AS at_max, "
+            "at_min.1 AS min_rank, at_min.2 AS min_step, at_max.1 AS max_rank, at_max.2 AS max_step, "
+            f"avg(value) AS mean, count() AS count FROM metrics WHERE {where} "
+            "GROUP BY run_id, metric, b ORDER BY run_id, metric, b", params)
         columns = ("x", "min", "max", "mean", "min_rank", "min_step", "max_rank", "max_step", "count")
-        for row in rows:
-            series = out[row["metric"]]["runs"].setdefault(row["run_id"], {c: [] for c in columns})
-            for c in columns:
-                series[c].append(row[c])
-            if per_rank:
-                ranks = series.setdefault("ranks", {})
-                for rank, rx, rmin, rmax, rlast in row["per_rank"]:
-                    line = ranks.setdefault(int(rank), {"x": [], "min": [], "max": [], "last": []})
-                    line["x"].append(rx)
-                    line["min"].append(rmin)
-                    line["max"].append(rmax)
-                    line["last"].append(rlast)
+        for (run_id, metric), rows in _runs_of(band):
+            out[metric]["runs"][run_id] = {c: band[c][rows] for c in columns}
+        if per_rank:
+            lines = self._columns(
+                f"SELECT run_id, toString(name) AS metric, rank, {bucket}, max({key}) AS x, min(value) AS min, "
+                f"max(value) AS max, argMax(value, {key}) AS last FROM metrics WHERE {where} "
+                "GROUP BY run_id, metric, rank, b ORDER BY run_id, metric, rank, b", params)
+            for (run_id, metric, rank), rows in _runs_of(lines, ("run_id", "metric", "rank")):
+                series = out[metric]["runs"].get(run_id)
+                if series is not None:
+                    series.setdefault("ranks", {})[int(rank)] = {c: lines[c][rows] for c in ("x", "min", "max", "last")}
         return out
+
+    def _columns(self, sql: str, params: dict) -> dict[str, "_Column"]:
+        """A query's result as columns (Arrow transfer: no per-row Python objects on the way)."""
+        table = self.client.query_arrow(sql, parameters=params)
+        return {name: _Column(table.column(name).to_pylist()) for name in table.column_names
+                if not name.startswith("at_")}
 
     def gpu_panel(self, run_id: str, buckets: int = 300, project: str | None = None) -> list[dict]:
         """Every GPU of a run over time, for its GPU panel: [{host, gpu_uuid, gpu_index,
@@ -1021,6 +1021,23 @@ class RunQueries:
     def run_project(self, run_id: str, project: str | None = None) -> str:
         """The project of a run (RunNotFound when there is none)."""
         return self._resolve([run_id], project)[run_id]
+
+
+class _Column(list):
+    """A result column; indexing with a slice gives a plain list."""
+
+    def __getitem__(self, item):
+        return list.__getitem__(self, item)
+
+
+def _runs_of(columns: dict, keys: tuple[str, ...] = ("run_id", "metric")):
+    """((key values), slice) for each run of equal keys in columns sorted by them."""
+    n = len(columns[keys[0]]) if columns else 0
+    start = 0
+    for i in range(1, n + 1):
+        if i == n or any(columns[k][i] != columns[k][start] for k in keys):
+            yield tuple(columns[k][start] for k in keys), slice(start, i)
+            start = i
 
 
 def _combine_ranks(per_rank: str, across_ranks: bool) -> str:

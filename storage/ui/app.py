@@ -29,6 +29,7 @@ does not cover: indistinguishable on purpose).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import threading
@@ -57,8 +58,17 @@ class _ApiError(Exception):
         self.status, self.extra = status, extra
 
 
+def _plain_default(value):
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    raise TypeError
+
+
 def _json(value, status: int = 200) -> Response:
-    body = json.dumps(_jsonable(value), allow_nan=False, separators=(",", ":"))
+    try:  # fast path: chart columns are plain numbers and None already
+        body = json.dumps(value, allow_nan=False, separators=(",", ":"), default=_plain_default)
+    except (ValueError, TypeError):  # NaN, Infinity, numpy scalars, ...: the careful conversion
+        body = json.dumps(_jsonable(value), allow_nan=False, separators=(",", ":"))
     return Response(body, status_code=status, media_type="application/json",
                     headers={"Cache-Control": "no-store"})
 

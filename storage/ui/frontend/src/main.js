@@ -10,7 +10,7 @@ const projectSelect = document.getElementById("project");
 let teardown = null; // the current page's cleanup (timers, charts)
 
 // Tests and the benchmark read what the page drew from here.
-window.runwire = { charts: {}, drawnAt: null, page: null };
+window.runwire = { charts: {}, drawnAt: null, pageDrawnAt: null, page: null };
 
 function route() {
   const hash = location.hash || "#/runs";
@@ -28,6 +28,7 @@ async function render() {
   if (teardown) { teardown(); teardown = null; }
   window.runwire.charts = {};
   window.runwire.drawnAt = null;
+  window.runwire.pageDrawnAt = null;
   const { page, arg, params } = route();
   window.runwire.page = page;
   setActiveNav(page === "run" || page === "compare" ? "runs" : page);
@@ -234,6 +235,8 @@ function chartOptionsBox(opts, onChange) {
 }
 
 async function runPage(runId, params) {
+  const alertsP = api(`/runs/${encodeURIComponent(runId)}/alerts`);
+  alertsP.catch(() => {}); // awaited below; a 404 of the run itself is reported instead
   let run = await api(`/runs/${encodeURIComponent(runId)}`);
   const opts = { x: params.get("x") || "step", smoothing: 0, log: false, perRank: false };
   const timers = [];
@@ -375,8 +378,9 @@ async function runPage(runId, params) {
 
   drawHeader();
   drawDetails();
-  alerts = (await api(`/runs/${encodeURIComponent(runId)}/alerts`)).alerts;
+  alerts = (await alertsP).alerts;
   await Promise.all([drawCharts(), drawGpus()]);
+  window.runwire.pageDrawnAt = performance.now(); // every chart of the page drawn (bench/ui.py)
 
   // Live: while RUNNING, new points appear by themselves (charts the user zoomed stay put).
   let busy = false;

@@ -308,8 +308,11 @@ async function runPage(runId, params) {
     return out;
   }
 
+  let drawSeq = 0; // only the newest redraw may replace the charts (options change quickly)
   async function drawCharts() {
+    const mine = ++drawSeq;
     const data = await fetchCurves(null, null);
+    if (mine !== drawSeq) return;
     for (const c of charts.values()) c.destroy();
     charts.clear();
     clear(chartGrid);
@@ -390,7 +393,9 @@ async function runPage(runId, params) {
     try {
       run = await api(`/runs/${encodeURIComponent(runId)}`);
       drawHeader();
+      const seq = drawSeq;
       const data = await fetchCurves(null, null);
+      if (seq !== drawSeq) return; // the charts were rebuilt meanwhile
       const fresh = Object.keys(data).filter((m) => !charts.has(m));
       if (fresh.length) { await drawCharts(); } else {
         for (const [metric, chart] of charts) if (!chart.zoomed && data[metric]) chart.setSeries(seriesFor(metric, data[metric]), null);
@@ -432,8 +437,12 @@ async function comparePage(params) {
     });
     return { x: null, bands, lines };
   }
+  let drawSeq = 0;
   async function draw() {
-    result = await fetch(null, null);
+    const mine = ++drawSeq;
+    const fresh = await fetch(null, null);
+    if (mine !== drawSeq) return;
+    result = fresh;
     charts.forEach((c) => c.destroy());
     charts.length = 0;
     clear(grid);

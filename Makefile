@@ -11,7 +11,7 @@ UI_BUNDLE := storage/ui/static/app.js
 UI_SOURCES := $(wildcard storage/ui/frontend/src/*) storage/ui/frontend/index.html \
 	storage/ui/frontend/package-lock.json storage/ui/frontend/build.mjs
 
-.PHONY: install ui-assets kafka-jars chromium test test-unit demo up proto bench bench-emitter bench-e2e bench-query bench-alerts bench-streams bench-ui clean
+.PHONY: install ui-assets kafka-jars chromium lint-imports fuzz test test-unit demo up proto bench bench-emitter bench-e2e bench-query bench-alerts bench-streams bench-ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
@@ -39,9 +39,17 @@ kafka-jars: install
 chromium:
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-test: install kafka-jars chromium
+test: install kafka-jars chromium lint-imports
 	mkdir -p build
 	RUNWIRE_REQUIRE_INFRA=1 $(PYTHON) -m pytest tests -ra --junitxml=build/test-results.xml $(PYTEST_ARGS)
+
+# The layering contracts (pyproject.toml [tool.importlinter]).
+lint-imports: install
+	$(PYTHON) scripts/lint_imports.py
+
+# The property-based tests with many more examples than `make test` runs.
+fuzz: install
+	HYPOTHESIS_PROFILE=long $(PYTHON) -m pytest tests/unit/test_properties.py -ra $(PYTEST_ARGS)
 
 test-unit: install
 	$(PYTHON) -m pytest tests/unit -ra $(PYTEST_ARGS)

@@ -87,7 +87,7 @@ STREAM = {"overheat", "near_oom", "ecc", "nan_loss"}
 def rank_main(args) -> None:
     import runwire
     import runwire.run as run_module
-    from runwire.testing.fake_nvml import FakeNvml
+    from runwire.simulated_nvml import FakeNvml
 
     os.environ.update(RANK=str(args.rank), WORLD_SIZE=str(args.world), LOCAL_RANK="0",
                       RUNWIRE_HOST=f"{args.run_id}-node{args.rank}")

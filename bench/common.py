@@ -37,7 +37,7 @@ def curves(k: int, steps: int, seed: int) -> list[dict]:
 
 def start_cli(args: list[str], env: dict) -> subprocess.Popen:
     """`runwire ARGS...` as a child process, its output readable line by line."""
-    return subprocess.Popen([sys.executable, "-m", "runwire.cli", *args], env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "runwire.deploy.cli", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
 

@@ -152,7 +152,7 @@ def one_mlflow(n: int, k: int, synchronous: bool) -> dict:
 
 def sampler_cost() -> dict:
     from runwire.gpu import GpuSampler
-    from runwire.testing.fake_nvml import FakeNvml
+    from runwire.simulated_nvml import FakeNvml
 
     sampler = GpuSampler(lambda samples: None, interval_s=0.1, sample_all=True, nvml=FakeNvml.h100_node(8))
     sampler.start(run_thread=False)

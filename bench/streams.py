@@ -30,7 +30,7 @@ def stream_client(address: str, index: int, seconds: int, points: int, results: 
     import grpc
 
     from runwire import wire
-    from runwire.exporter import STREAM_METHOD
+    from runwire.proto.contract import STREAM_METHOD
     from runwire.proto import telemetry_pb2 as pb
 
     identity = pb.Identity(project="bench", run_id="streams", rank=index, world_size=100_000, host=f"node-{index // 8}",

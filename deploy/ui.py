@@ -13,20 +13,23 @@ from __future__ import annotations
 import os
 import sys
 
+from runwire.proto.config import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+
 
 def register(subparsers) -> None:
+    from runwire.storage.client import add_clickhouse_options
+
     p = subparsers.add_parser("ui", help="serve the web UI (runs, charts, compare, GPU fleet, alerts)")
     p.add_argument("--listen", default=None, help="host:port (default 127.0.0.1:8765; port 0 picks a free one)")
-    p.add_argument("--clickhouse-url", default=None,
-                   help="http(s)://[user:password@]host:port (default $RUNWIRE_CLICKHOUSE_URL, else the local stack)")
-    p.add_argument("--database", default=None, help="database (default $RUNWIRE_CLICKHOUSE_DATABASE, else runwire)")
+    add_clickhouse_options(p)
     p.set_defaults(func=cmd_ui)
 
 
 def cmd_ui(args) -> int:
     from runwire.proto import localstack
     from runwire.proto.auth import parse_tokens
-    from runwire.storage.client import connect, redact
+    from runwire.proto.config import build
+    from runwire.storage.client import ClickHouseTarget, connect, redact
     from runwire.storage.ui.app import create_app
     from runwire.storage.ui.server import PortInUse, UIServer
 
@@ -34,10 +37,10 @@ def cmd_ui(args) -> int:
         tokens = parse_tokens(os.environ.get("RUNWIRE_TOKENS", ""))
     except ValueError as exc:
         print(f"runwire ui: RUNWIRE_TOKENS=***: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     listen = args.listen or f"127.0.0.1:{localstack.DEFAULT_UI_PORT}"
-    database = args.database or os.environ.get("RUNWIRE_CLICKHOUSE_DATABASE") or "runwire"
-    url = args.clickhouse_url or os.environ.get("RUNWIRE_CLICKHOUSE_URL")
+    target = build(ClickHouseTarget, {"clickhouse_url": args.clickhouse_url, "clickhouse_database": args.database})
+    url, database = target.clickhouse_url, target.clickhouse_database
     stack = None
     source = "given"
     if not url:
@@ -49,7 +52,7 @@ def cmd_ui(args) -> int:
         server = UIServer(None, listen)  # bind first: a port in use fails before anything starts
     except (PortInUse, ValueError) as exc:
         print(f"runwire ui: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     try:
         if not url:
             from runwire.deploy.local.stack import LocalStack
@@ -65,9 +68,9 @@ def cmd_ui(args) -> int:
         server.serve_forever()
     except Exception as exc:  # noqa: BLE001 - start-up failures: one line, no traceback
         print(f"runwire ui: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILURE
     finally:
         server.stop()
         if stack is not None:
             stack.stop()
-    return 0
+    return EXIT_OK

@@ -21,18 +21,18 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from runwire import retry, wire
-from runwire.config import build, secret
+from runwire import wire
+from runwire.proto import retry
+from runwire.proto.config import build, secret
 from runwire.identity import Layout
 from runwire.proto import telemetry_pb2 as pb
+from runwire.proto.contract import (AUTH, DEFAULT_BATCH_POINTS, MAX_NAME_LEN, REJECT, STREAM_METHOD, classify_grpc,
+                                    valid_metric_name)
 from runwire.spool import Spool, default_root
 
 log = logging.getLogger("runwire")
 
-STREAM_METHOD = "/runwire.v1.Telemetry/Stream"
-MAX_NAME_LEN = 256  # metric names longer than this, or empty, are rejected (see README)
 _DELIVERY_KEYS = frozenset({"runwire.acked", "runwire.unacked", "runwire.envelopes", "runwire.rejected"})
-PERMANENT_ACK_CODES = frozenset({"INVALID_ARGUMENT", "UNAUTHENTICATED", "PERMISSION_DENIED"})
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class EmitterConfig:
     tls: bool = False                    # RUNWIRE_TLS: connect with TLS (use it whenever a token is set)
     tls_ca_file: str = ""                # RUNWIRE_TLS_CA_FILE: CA bundle (PEM); default: system roots
     max_queue: int = 50_000              # log() calls buffered; beyond, the oldest are dropped
-    batch_points: int = 8192             # points per envelope
+    batch_points: int = DEFAULT_BATCH_POINTS  # points per envelope
     flush_interval_s: float = 0.5        # an envelope leaves at least this often; sooner once one is full
     max_unacked_bytes: int = 16 << 20    # unacknowledged envelopes kept in memory
     max_spool_bytes: int = 2 << 30       # then on disk; beyond, the queue backs up and drops
@@ -244,9 +244,7 @@ class Exporter:
             return None
         return batch
 
-    @staticmethod
-    def _valid_name(name) -> bool:
-        return isinstance(name, str) and 0 < len(name) <= MAX_NAME_LEN and name.isprintable()
+    _valid_name = staticmethod(valid_metric_name)
 
     def _add_call_slowly(self, batch: "_MetricBuilder", call: tuple) -> int:
         ts, step, data = call
@@ -345,7 +343,7 @@ class Exporter:
                 if self._closing:
                     return
                 code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
-                if code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+                if classify_grpc(code) == AUTH:
                     # Retrying cannot help: finish() spools at once instead of waiting it out.
                     self._auth_failed = True
                     with self._cond:
@@ -374,7 +372,7 @@ class Exporter:
                 self.stats["send_latency_sum_s"] += latency
                 self.stats["send_latency_count"] += 1
                 self.stats["send_latency_max_s"] = max(self.stats["send_latency_max_s"], latency)
-            if code == "OK" or code in PERMANENT_ACK_CODES:
+            if code == "OK" or classify_grpc(code) in (REJECT, AUTH):
                 payload = self._entries.pop(ack.seq, b"")
                 if payload is None:
                     self.spool.remove(ack.seq)

@@ -8,7 +8,7 @@ only. Every error is logged once per (device, field), never per tick.
 
 Samples go to ``sink(list[GpuSample])``, once per tick, from the sampler's own daemon thread
 (``runwire-gpu-sampler``); ``encode_gpu_batch`` turns them into the wire's columnar
-``GpuBatch``.
+``GpuBatch`` (runwire.gpu_wire). Which GPUs a process samples is runwire.gpu_devices.
 
 Only stdlib, ``pynvml`` (imported lazily, inside the probe) and the generated protobuf code are
 imported here: ``import runwire`` must stay light and must work on machines without NVML.
@@ -22,19 +22,12 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
-from runwire.proto import telemetry_pb2
+from runwire.gpu_devices import nvml_text, pci_bus_id_of, select_devices
+from runwire.gpu_wire import GpuSample
 
-__all__ = [
-    "GpuSample",
-    "GpuInfo",
-    "GpuSampler",
-    "MIN_INTERVAL_S",
-    "encode_gpu_batch",
-    "decode_gpu_batch",
-    "select_devices",
-]
+__all__ = ["GpuInfo", "GpuSampler", "MIN_INTERVAL_S"]
 
 log = logging.getLogger("runwire.gpu")
 
@@ -50,35 +43,6 @@ _POWER_LIMIT_REFRESH_S = 60.0
 # Bound on the XID events drained per tick, so a storm of events cannot stall a tick.
 _MAX_EVENTS_PER_TICK = 64
 
-# Values of CUDA_VISIBLE_DEVICES that hide every GPU (SLURM writes NoDevFiles when a job got no
-# GPU; -1 is the common idiom).
-_NO_DEVICES = {"", "-1", "nodevfiles"}
-
-
-@dataclass(slots=True)
-class GpuSample:
-    """One reading of one GPU. Floats are NaN when unsupported or unreadable."""
-
-    gpu_uuid: str
-    pci_bus_id: str
-    gpu_index: int  # NVML index (not the CUDA ordinal)
-    gpu_name: str
-    timestamp_ns: int  # wall clock, time.time_ns()
-    memory_used_bytes: float
-    memory_total_bytes: float
-    temperature_c: float
-    memory_temperature_c: float
-    gpu_utilization_pct: float
-    memory_utilization_pct: float
-    power_w: float
-    power_limit_w: float
-    sm_clock_mhz: float
-    memory_clock_mhz: float
-    throttle_reasons: int  # NVML clocks-event reasons bitmask, 0 if unsupported
-    ecc_corrected: float  # volatile total count since driver load, NaN if unsupported
-    ecc_uncorrected: float
-    xid: int  # 0 = no XID event since the last sample, else the last XID code seen
-
 
 @dataclass(frozen=True, slots=True)
 class GpuInfo:
@@ -92,241 +56,6 @@ class GpuInfo:
     power_limit_w: float
 
 
-# --------------------------------------------------------------------------------------------
-# Wire encoding
-
-
-def encode_gpu_batch(samples: Sequence[GpuSample]) -> telemetry_pb2.GpuBatch:
-    """Encode samples into one columnar ``GpuBatch``.
-
-    The GPU identity (uuid, PCI bus id, NVML index, name) is sent once per GPU in the batch's
-    dictionary columns; ``gpu_ref[i]`` points sample ``i`` at its dictionary row. NaN stays NaN.
-    """
-    batch = telemetry_pb2.GpuBatch()
-    if not samples:
-        return batch
-    refs: dict[str, int] = {}
-    gpu_ref: list[int] = []
-    uuids: list[str] = []
-    pcis: list[str] = []
-    idxs: list[int] = []
-    names: list[str] = []
-    for s in samples:
-        r = refs.get(s.gpu_uuid)
-        if r is None:
-            r = refs[s.gpu_uuid] = len(uuids)
-            uuids.append(s.gpu_uuid)
-            pcis.append(s.pci_bus_id)
-            idxs.append(s.gpu_index)
-            names.append(s.gpu_name)
-        gpu_ref.append(r)
-    batch.gpu_uuids.extend(uuids)
-    batch.pci_bus_ids.extend(pcis)
-    batch.gpu_indexes.extend(idxs)
-    batch.gpu_names.extend(names)
-    batch.gpu_ref.extend(gpu_ref)
-    batch.timestamps_ns.extend([s.timestamp_ns for s in samples])
-    batch.memory_used_bytes.extend([s.memory_used_bytes for s in samples])
-    batch.memory_total_bytes.extend([s.memory_total_bytes for s in samples])
-    batch.temperature_c.extend([s.temperature_c for s in samples])
-    batch.memory_temperature_c.extend([s.memory_temperature_c for s in samples])
-    batch.gpu_utilization_pct.extend([s.gpu_utilization_pct for s in samples])
-    batch.memory_utilization_pct.extend([s.memory_utilization_pct for s in samples])
-    batch.power_w.extend([s.power_w for s in samples])
-    batch.power_limit_w.extend([s.power_limit_w for s in samples])
-    batch.sm_clock_mhz.extend([s.sm_clock_mhz for s in samples])
-    batch.memory_clock_mhz.extend([s.memory_clock_mhz for s in samples])
-    batch.throttle_reasons.extend([s.throttle_reasons for s in samples])
-    batch.ecc_corrected.extend([s.ecc_corrected for s in samples])
-    batch.ecc_uncorrected.extend([s.ecc_uncorrected for s in samples])
-    batch.xid.extend([s.xid for s in samples])
-    return batch
-
-
-def decode_gpu_batch(batch: telemetry_pb2.GpuBatch) -> list[GpuSample]:
-    """Inverse of ``encode_gpu_batch`` (tests, tools). Raises ValueError on ragged columns."""
-    n = len(batch.gpu_ref)
-    cols = (
-        batch.timestamps_ns, batch.memory_used_bytes, batch.memory_total_bytes,
-        batch.temperature_c, batch.memory_temperature_c, batch.gpu_utilization_pct,
-        batch.memory_utilization_pct, batch.power_w, batch.power_limit_w, batch.sm_clock_mhz,
-        batch.memory_clock_mhz, batch.throttle_reasons, batch.ecc_corrected,
-        batch.ecc_uncorrected, batch.xid,
-    )
-    if any(len(c) != n for c in cols):
-        raise ValueError("GpuBatch: per-sample columns differ in length")
-    ng = len(batch.gpu_uuids)
-    if not (len(batch.pci_bus_ids) == len(batch.gpu_indexes) == len(batch.gpu_names) == ng):
-        raise ValueError("GpuBatch: gpu dictionary columns differ in length")
-    out = []
-    for i in range(n):
-        r = batch.gpu_ref[i]
-        if r >= ng:
-            raise ValueError(f"GpuBatch: gpu_ref {r} out of range ({ng} gpus)")
-        out.append(GpuSample(
-            batch.gpu_uuids[r], batch.pci_bus_ids[r], batch.gpu_indexes[r], batch.gpu_names[r],
-            *(c[i] for c in cols),
-        ))
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# Device selection
-
-
-def _text(v: Any) -> str:
-    # pynvml returns str for most strings but bytes from some struct fields and older bindings.
-    if isinstance(v, bytes):
-        return v.decode("utf-8", "replace")
-    return str(v)
-
-
-def _pci_bus_id(nvml: Any, handle: Any) -> str:
-    info = nvml.nvmlDeviceGetPciInfo(handle)
-    bus_id = _text(getattr(info, "busId", b"") or getattr(info, "busIdLegacy", b""))
-    return bus_id.upper()
-
-
-def select_devices(
-    nvml: Any,
-    cuda_visible_devices: str | None,
-    local_rank: int | None,
-    sample_all: bool,
-) -> list[Any]:
-    """Return the NVML handles of the GPUs this process should sample (NVML must be initialised).
-
-    ``nvml`` is the ``pynvml`` module (or a fake with the same surface).
-
-    - ``sample_all``: every GPU of the machine, in NVML index order.
-    - Otherwise the GPUs visible to CUDA. ``cuda_visible_devices`` is the value of
-      ``CUDA_VISIBLE_DEVICES`` (None = unset = all GPUs visible). Entries may be CUDA ordinals
-      ("0,1"), full GPU UUIDs, unique UUID prefixes ("GPU-8a3c"), or MIG UUIDs (mapped to the
-      parent GPU when NVML can tell which; skipped with one log line otherwise). "", "-1" and
-      "NoDevFiles" mean no GPU. As CUDA does, parsing stops at the first invalid entry.
-    - CUDA ordinals are mapped to GPUs in PCI bus id order: CUDA numbers GPUs in that order when
-      ``CUDA_DEVICE_ORDER=PCI_BUS_ID``, and its default FASTEST_FIRST order is the same on the
-      homogeneous nodes training runs on. NVML's index order is usually, but not always, PCI
-      order, so we sort explicitly instead of trusting NVML indexes.
-    - Then, if ``local_rank`` is set and more than one GPU is visible, only the visible GPU at
-      position ``local_rank`` (a rank uses ``cuda:<local_rank>`` by convention), so eight ranks
-      on a node do not sample every GPU eight times; a local rank beyond the visible GPUs
-      samples none (its GPU is some other rank's). One visible GPU is sampled whatever the rank.
-    """
-    count = nvml.nvmlDeviceGetCount()
-    handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
-    if sample_all:
-        return handles
-
-    if cuda_visible_devices is None:
-        visible = [handles[i] for i in _pci_positions(nvml, handles)]
-    else:
-        visible = _parse_visible(nvml, handles, cuda_visible_devices)
-
-    if local_rank is None or len(visible) <= 1:
-        return visible
-    if 0 <= local_rank < len(visible):
-        return [visible[local_rank]]
-    log.info("runwire.gpu: local rank %d has no GPU among the %d visible; not sampling GPUs",
-             local_rank, len(visible))
-    return []
-
-
-def _pci_positions(nvml: Any, handles: list[Any]) -> list[int]:
-    """NVML positions of ``handles`` sorted by PCI bus id (the CUDA ordinal order)."""
-    keyed = []
-    for i, h in enumerate(handles):
-        try:
-            key = _pci_bus_id(nvml, h)
-        except nvml.NVMLError:
-            key = "~%08d" % i  # unknown bus id: keep NVML order, after the known ones
-        keyed.append((key, i))
-    keyed.sort()
-    return [i for _, i in keyed]
-
-
-def _parse_visible(nvml: Any, handles: list[Any], value: str) -> list[Any]:
-    value = value.strip()
-    if value.lower() in _NO_DEVICES:
-        return []
-    pci_sorted = None
-    uuids: list[str] | None = None
-    chosen: list[Any] = []
-    chosen_ids: set[int] = set()
-
-    def add(pos: int) -> None:
-        if pos not in chosen_ids:  # CUDA rejects duplicates; we just ignore them
-            chosen_ids.add(pos)
-            chosen.append(handles[pos])
-
-    for raw in value.split(","):
-        tok = raw.strip()
-        if not tok:
-            _stop(value, raw)
-            break
-        if tok.lstrip("-").isdigit():
-            n = int(tok)
-            if pci_sorted is None:
-                pci_sorted = _pci_positions(nvml, handles)
-            if not 0 <= n < len(pci_sorted):
-                _stop(value, tok)
-                break
-            add(pci_sorted[n])
-            continue
-        if uuids is None:
-            uuids = [_text(nvml.nvmlDeviceGetUUID(h)).lower() for h in handles]
-        low = tok.lower()
-        if low.startswith("mig-"):
-            pos = _mig_parent(nvml, handles, uuids, low)
-            if pos is None:
-                log.info("runwire.gpu: CUDA_VISIBLE_DEVICES entry %r: MIG device whose parent GPU "
-                         "NVML cannot identify; skipped", tok)
-                continue
-            add(pos)
-            continue
-        matches = [i for i, u in enumerate(uuids) if u.startswith(low)]
-        if len(matches) != 1:
-            _stop(value, tok, ambiguous=len(matches) > 1)
-            break
-        add(matches[0])
-    return chosen
-
-
-def _stop(value: str, tok: str, ambiguous: bool = False) -> None:
-    why = "matches several GPUs" if ambiguous else "matches no GPU"
-    log.info("runwire.gpu: CUDA_VISIBLE_DEVICES=%r: entry %r %s; CUDA ignores it and every "
-             "entry after it", value, tok, why)
-
-
-def _mig_parent(nvml: Any, handles: list[Any], uuids: list[str], mig: str) -> int | None:
-    # Pre-R470 drivers name MIG devices MIG-GPU-<parent uuid>/<gi>/<ci>.
-    if mig.startswith("mig-gpu-"):
-        parent = mig[4:].split("/", 1)[0]
-        for i, u in enumerate(uuids):
-            if u == parent:
-                return i
-        return None
-    NVMLError = nvml.NVMLError
-    for i, h in enumerate(handles):
-        try:
-            current, _pending = nvml.nvmlDeviceGetMigMode(h)
-            if current != getattr(nvml, "NVML_DEVICE_MIG_ENABLE", 1):
-                continue
-            n = nvml.nvmlDeviceGetMaxMigDeviceCount(h)
-        except (NVMLError, AttributeError):
-            continue
-        for j in range(n):
-            try:
-                mh = nvml.nvmlDeviceGetMigDeviceHandleByIndex(h, j)
-                mu = _text(nvml.nvmlDeviceGetUUID(mh)).lower()
-            except NVMLError:
-                continue
-            if mu.startswith(mig):
-                return i
-    return None
-
-
-# --------------------------------------------------------------------------------------------
-# Sampler
 
 
 class _Device:
@@ -363,7 +92,7 @@ class GpuSampler:
     - ``sample_all``: sample every GPU of the machine, ignoring CUDA_VISIBLE_DEVICES and the
       local rank (for a per-node monitor process). Default False.
     - ``nvml``: the NVML binding module; default ``pynvml`` imported at ``start()``. Tests and
-      the demo pass ``runwire.testing.fake_nvml.FakeNvml``.
+      the demo pass ``runwire.simulated_nvml.FakeNvml``.
     - ``cuda_visible_devices``: override for the ``CUDA_VISIBLE_DEVICES`` value (None = unset);
       default: read from the environment at ``start()``.
     """
@@ -565,7 +294,7 @@ class GpuSampler:
         nv = self._nvml
         NVMLError = self._NVMLError
         try:
-            uuid = _text(nv.nvmlDeviceGetUUID(handle))
+            uuid = nvml_text(nv.nvmlDeviceGetUUID(handle))
         except NVMLError as e:
             log.warning("runwire.gpu: cannot read the UUID of a selected GPU (%s); skipping it", e)
             return None
@@ -574,11 +303,11 @@ class GpuSampler:
         except NVMLError:
             index = pos
         try:
-            pci = _pci_bus_id(nv, handle)
+            pci = pci_bus_id_of(nv, handle)
         except NVMLError:
             pci = ""
         try:
-            name = _text(nv.nvmlDeviceGetName(handle))
+            name = nvml_text(nv.nvmlDeviceGetName(handle))
         except NVMLError:
             name = ""
         d = _Device(handle, index, uuid, pci, name)
@@ -826,7 +555,7 @@ class GpuSampler:
         if len(self._devices) == 1:
             return self._devices[0].uuid
         try:
-            return _text(self._nvml.nvmlDeviceGetUUID(data.device))
+            return nvml_text(self._nvml.nvmlDeviceGetUUID(data.device))
         except self._NVMLError:
             return None
 

@@ -18,6 +18,7 @@ from typing import Any
 from runwire.exporter import EmitterConfig, Exporter
 from runwire.identity import layout_from_env
 from runwire.proto import telemetry_pb2 as pb
+from runwire.proto.contract import MAX_KEY_LEN, MAX_VALUE_LEN, text_problem
 
 log = logging.getLogger("runwire")
 
@@ -25,7 +26,6 @@ _live_runs: "weakref.WeakSet[Run]" = weakref.WeakSet()
 _MIN_STEP, _MAX_STEP = -(1 << 63), (1 << 63) - 1
 
 
-MAX_KEY_LEN, MAX_VALUE_LEN = 256, 8192  # the gateway's limits (README): one bad entry would reject them all
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -45,7 +45,8 @@ def within_limits(params: Mapping[str, str], what: str = "param") -> dict[str, s
     warning, instead of losing the whole update."""
     out = {}
     for key, value in params.items():
-        if not 0 < len(key) <= MAX_KEY_LEN or not key.isprintable():
+        # The gateway's limits: one bad entry would reject the whole update.
+        if text_problem(key, 1, MAX_KEY_LEN):
             log.warning("runwire: %s key %r dropped: keys are 1-%d printable characters", what, key[:80], MAX_KEY_LEN)
             continue
         if len(value) > MAX_VALUE_LEN:
@@ -169,13 +170,13 @@ class Run:
 
     # -- GPU -----------------------------------------------------------------------------
     def _start_gpu_sampler(self) -> None:
-        from runwire import gpu
+        from runwire import gpu, gpu_wire
 
         exporter = self._exporter
 
         def sink(samples):
             if samples:
-                exporter.add_control(gpu=gpu.encode_gpu_batch(samples))
+                exporter.add_control(gpu=gpu_wire.encode_gpu_batch(samples))
 
         self._sampler = gpu.GpuSampler(sink, interval_s=self.settings.gpu_interval_s,
                                        local_rank=self.layout.local_rank, sample_all=self.settings.gpu_sample_all,
@@ -245,7 +246,7 @@ def _nvml_override():
     if not seed:
         return None
     if _fake_nvml is None:
-        from runwire.testing.fake_nvml import FakeNvml
+        from runwire.simulated_nvml import FakeNvml
 
         _fake_nvml = FakeNvml.h100_node(n_gpus=int(os.environ.get("RUNWIRE_FAKE_GPUS", "2")), node_seed=int(seed))
     return _fake_nvml

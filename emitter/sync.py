@@ -8,10 +8,9 @@ import grpc
 
 from runwire.exporter import EmitterConfig, open_channel
 from runwire.proto import telemetry_pb2 as pb
+from runwire.proto.contract import PUBLISH_METHOD, REJECT, classify_grpc
 from runwire.spool import spooled_files
 
-PUBLISH_METHOD = "/runwire.v1.Telemetry/Publish"
-_PERMANENT = (grpc.StatusCode.INVALID_ARGUMENT,)
 
 
 def sync(spool_dir: str | Path, gateway: str | None = None, token: str | None = None,
@@ -31,7 +30,7 @@ def sync(spool_dir: str | Path, gateway: str | None = None, token: str | None = 
                 publish(path.read_bytes(), metadata=metadata, timeout=timeout_s)
                 delivered += 1
             except grpc.RpcError as exc:
-                if exc.code() in _PERMANENT:
+                if classify_grpc(exc.code().name) == REJECT:
                     rejected += 1
                 else:
                     left += 1

@@ -13,18 +13,18 @@ from array import array
 from collections.abc import Iterable
 
 from runwire.proto import telemetry_pb2 as pb
+from runwire.proto.contract import METRIC_COLUMNS
 
-# Column -> (array typecode, bytes per value). "I" is 4 bytes and "q"/"d" 8 on every platform
-# CPython supports; the sizes are checked at import.
-METRIC_COLUMNS = {"name_index": ("I", 4), "steps": ("q", 8), "timestamps_ns": ("q", 8), "values": ("d", 8)}
-for _code, _size in METRIC_COLUMNS.values():
-    assert array(_code).itemsize == _size, "unsupported platform: array item sizes differ"
+# The contract's sizes hold for the array typecodes on every platform CPython supports; checked
+# at import all the same.
+for _column in METRIC_COLUMNS.values():
+    assert array(_column.typecode).itemsize == _column.size, "unsupported platform: array item sizes differ"
 
 _BIG_ENDIAN = sys.byteorder == "big"
 
 
 def pack(column: str, values: Iterable) -> bytes:
-    code = METRIC_COLUMNS[column][0]
+    code = METRIC_COLUMNS[column].typecode
     if not _BIG_ENDIAN and isinstance(values, list):
         return struct.pack(f"<{len(values)}{code}", *values)  # the fastest path from a list
     data = array(code, values)
@@ -34,7 +34,7 @@ def pack(column: str, values: Iterable) -> bytes:
 
 
 def unpack(column: str, raw: bytes) -> array:
-    data = array(METRIC_COLUMNS[column][0])
+    data = array(METRIC_COLUMNS[column].typecode)
     data.frombytes(raw)
     if _BIG_ENDIAN:
         data.byteswap()

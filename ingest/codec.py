@@ -20,25 +20,14 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from runwire.proto import telemetry_pb2 as pb
 
+from runwire.proto.contract import (GPU, GPU_COLUMNS, GPU_FLOAT_FIELDS, IDENTITY_FIELDS as _IDENTITY_FIELDS,
+                                    IDENTITY_UINT32_FIELDS as _UINT32_FIELDS, KINDS, METRICS, RUNS)
+from runwire.proto.contract import METRIC_COLUMNS as _METRIC_COLUMNS
+
 MAGIC = b"\xc3\x01"
 
-METRICS = "metrics"
-GPU = "gpu"
-RUNS = "runs"
-KINDS = (METRICS, GPU, RUNS)
-
 # Packed column dtypes, shared by the encoder and the decoder so they cannot drift apart.
-METRIC_COLUMNS = {"name_index": "<u4", "steps": "<i8", "timestamps_ns": "<i8", "values": "<f8"}
-GPU_FLOAT_COLUMNS = (
-    "memory_used_bytes", "memory_total_bytes", "temperature_c", "memory_temperature_c",
-    "gpu_utilization_pct", "memory_utilization_pct", "power_w", "power_limit_w",
-    "sm_clock_mhz", "memory_clock_mhz", "ecc_corrected", "ecc_uncorrected",
-)
-GPU_COLUMNS = {"gpu_ref": "<u4", "timestamps_ns": "<i8", "throttle_reasons": "<u8", "xid": "<u8"}
-GPU_COLUMNS.update({name: "<f8" for name in GPU_FLOAT_COLUMNS})
-
-_IDENTITY_FIELDS = ("project", "run_id", "rank", "local_rank", "node_rank", "world_size", "host", "pid", "stream_id")
-_UINT32_FIELDS = ("rank", "local_rank", "node_rank", "world_size", "pid")
+METRIC_COLUMNS = {name: column.dtype for name, column in _METRIC_COLUMNS.items()}
 
 
 class PoisonRecord(ValueError):

@@ -18,16 +18,16 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from runwire.config import build, secret
+from runwire.proto.config import build, secret
 from runwire.ingest import codec
 from runwire.ingest.sinks import Sink
 from runwire.ingest.validate import InvalidEnvelope, validate
+from runwire.proto.contract import SERVICE_NAME
 from runwire.proto import telemetry_pb2 as pb
 from runwire.proto.auth import bearer_token, projects_for
 
 log = logging.getLogger("runwire.gateway")
 
-SERVICE = "runwire.v1.Telemetry"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
@@ -201,7 +201,7 @@ class TelemetryService:
         return answer
 
     def handler(self) -> grpc.GenericRpcHandler:
-        return grpc.method_handlers_generic_handler(SERVICE, {
+        return grpc.method_handlers_generic_handler(SERVICE_NAME, {
             "Stream": grpc.stream_stream_rpc_method_handler(self.stream, response_serializer=pb.Ack.SerializeToString),
             "Publish": grpc.unary_unary_rpc_method_handler(self.publish, response_serializer=pb.Ack.SerializeToString),
         })
@@ -260,7 +260,7 @@ class Gateway:
 
     def start(self) -> "Gateway":
         self.server.start()
-        for name in ("", SERVICE):
+        for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("gateway listening on %s (mode %s, auth %s, tls %s)", self.address, self.config.mode,
                  "on" if self.config.tokens else "off", "on" if self.config.tls_cert_file else "off")

@@ -14,7 +14,7 @@ from typing import Callable, Protocol
 
 from kafka.errors import KafkaTimeoutError
 
-from runwire import retry
+from runwire.proto import retry
 from runwire.ingest import codec
 from runwire.ingest.kafka_io import ensure_topics, make_producer, topic_names
 

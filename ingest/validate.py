@@ -11,18 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from runwire.ingest.codec import METRIC_COLUMNS as _PACKED
 from runwire.proto import telemetry_pb2 as pb
-
-METRIC_COLUMNS = {name: np.dtype(dtype).itemsize for name, dtype in _PACKED.items()}
-
-MAX_ID_LEN = 128
-MAX_NAME_LEN = 256
-MAX_KEY_LEN = 256
-MAX_VALUE_LEN = 8192
-MAX_ROWS = 1_000_000
-MAX_INT32 = 2**31 - 1
-MAX_INT64 = 2**63 - 1
+from runwire.proto.contract import (GPU_COLUMNS, GPU_DEVICE_FIELDS, IDENTITY_UINT32_FIELDS, MAX_HOST_LEN, MAX_ID_LEN,
+                                    MAX_INT32, MAX_INT64, MAX_KEY_LEN, MAX_NAME_LEN, MAX_ROWS, MAX_VALUE_LEN,
+                                    METRIC_COLUMNS, text_problem)
 
 
 class InvalidEnvelope(ValueError):
@@ -30,10 +22,9 @@ class InvalidEnvelope(ValueError):
 
 
 def _check_text(field: str, value: str, min_len: int, max_len: int) -> None:
-    if not min_len <= len(value) <= max_len:
-        raise InvalidEnvelope(f"{field}: length {len(value)} is outside {min_len}..{max_len}")
-    if any(ord(c) < 32 for c in value):
-        raise InvalidEnvelope(f"{field}: contains a control character")
+    problem = text_problem(value, min_len, max_len)
+    if problem:
+        raise InvalidEnvelope(f"{field}: {problem}")
 
 
 def _check_map(field: str, mapping) -> None:
@@ -58,27 +49,17 @@ def _check_columns(field: str, message, columns: tuple[str, ...]) -> int:
     return _check_counts(field, {name: len(getattr(message, name)) for name in columns})
 
 
-METRIC_POINT_COLUMNS = ("values", "name_index", "steps", "timestamps_ns")
-
-
 def _check_packed_columns(m) -> int:
     """Number of points in a MetricBatch; every packed column must hold whole values, equally many."""
     counts = {}
-    for column in METRIC_POINT_COLUMNS:
-        size = METRIC_COLUMNS[column]
+    # The values column is the reference, so a short index, step or time column is the one named.
+    for column in sorted(METRIC_COLUMNS, key=lambda name: name != "values"):
+        size = METRIC_COLUMNS[column].size
         raw = len(getattr(m, column))
         if raw % size:
             raise InvalidEnvelope(f"metrics.{column}: {raw} bytes is not a whole number of {size}-byte values")
         counts[column] = raw // size
     return _check_counts("metrics", counts)
-
-
-GPU_SAMPLE_COLUMNS = (
-    "gpu_ref", "timestamps_ns", "memory_used_bytes", "memory_total_bytes", "temperature_c",
-    "memory_temperature_c", "gpu_utilization_pct", "memory_utilization_pct", "power_w",
-    "power_limit_w", "sm_clock_mhz", "memory_clock_mhz", "throttle_reasons", "ecc_corrected",
-    "ecc_uncorrected", "xid",
-)
 
 
 def validate(envelope: pb.Envelope) -> None:
@@ -91,8 +72,8 @@ def validate(envelope: pb.Envelope) -> None:
     _check_text("identity.project", ident.project, 1, MAX_ID_LEN)
     _check_text("identity.run_id", ident.run_id, 1, MAX_ID_LEN)
     _check_text("identity.stream_id", ident.stream_id, 1, MAX_ID_LEN)
-    _check_text("identity.host", ident.host, 0, 255)
-    for name in ("rank", "local_rank", "node_rank", "world_size", "pid"):
+    _check_text("identity.host", ident.host, 0, MAX_HOST_LEN)
+    for name in IDENTITY_UINT32_FIELDS:
         if getattr(ident, name) > MAX_INT32:  # stored as Avro int
             raise InvalidEnvelope(f"identity.{name}: {getattr(ident, name)} is above {MAX_INT32}")
     if envelope.seq > MAX_INT64:
@@ -109,14 +90,14 @@ def validate(envelope: pb.Envelope) -> None:
         for i, name in enumerate(m.names):
             _check_text(f"metrics.names[{i}]", name, 1, MAX_NAME_LEN)
         if n:
-            highest = int(np.frombuffer(m.name_index, dtype="<u4").max())
+            highest = int(np.frombuffer(m.name_index, dtype=METRIC_COLUMNS["name_index"].dtype).max())
             if highest >= len(m.names):
                 raise InvalidEnvelope(f"metrics.name_index: {highest} points past {len(m.names)} names")
     elif body == "gpu":
         g = envelope.gpu
-        _check_columns("gpu", g, GPU_SAMPLE_COLUMNS)
+        _check_columns("gpu", g, tuple(GPU_COLUMNS))
         n_gpus = len(g.gpu_uuids)
-        for name in ("pci_bus_ids", "gpu_indexes", "gpu_names"):
+        for name in GPU_DEVICE_FIELDS[1:]:
             if len(getattr(g, name)) != n_gpus:
                 raise InvalidEnvelope(f"gpu.{name}: has {len(getattr(g, name))} entries, gpu.gpu_uuids has {n_gpus}")
         if g.gpu_indexes and max(g.gpu_indexes) > 65535:

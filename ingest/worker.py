@@ -18,8 +18,8 @@ from kafka import KafkaConsumer
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from runwire import retry
-from runwire.config import build
+from runwire.proto import retry
+from runwire.proto.config import build
 from runwire.ingest import codec
 from runwire.ingest.kafka_io import ensure_topics, make_producer, topic_names
 from runwire.storage.writer import is_permanent

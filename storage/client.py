@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, replace
 from urllib.parse import urlsplit, urlunsplit
 
-import clickhouse_connect
+from runwire.proto.config import UsageError, build
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -32,6 +33,8 @@ def connect(url: str, database: str = "runwire", create: bool = True, **settings
     url: ``http(s)://[user:password@]host:port`` of a ClickHouse server (or the local chDB
     server), or ``chdb:///path`` for the in-process engine (one per process).
     """
+    import clickhouse_connect  # lazily: commands register their options without it
+
     check_identifier(database, "database")
     if create:
         admin = clickhouse_connect.get_client(dsn=url, **settings)
@@ -43,19 +46,40 @@ def connect(url: str, database: str = "runwire", create: bool = True, **settings
     return clickhouse_connect.get_client(dsn=url, database=database, **settings)
 
 
-def resolve_url(explicit: str | None = None, announce=None) -> str | None:
-    """Which ClickHouse a command reads when the user named none: ``explicit`` (--clickhouse-url),
-    else $RUNWIRE_CLICKHOUSE_URL, else the running local stack (runwire.proto.localstack), else
-    the local store opened in-process (``chdb://``; nothing else may have it open). None when
-    there is none of these. ``announce(message)`` is told which one was picked when it was
-    found rather than given (commands print it on stderr)."""
-    import os
+@dataclass(frozen=True)
+class ClickHouseTarget:
+    """Where a command reads or writes. Each reads RUNWIRE_<NAME> when not given as an option."""
 
+    clickhouse_url: str = ""                # RUNWIRE_CLICKHOUSE_URL: http(s)://[user:password@]host:port or chdb:///path
+    clickhouse_database: str = "runwire"    # RUNWIRE_CLICKHOUSE_DATABASE
+
+
+def add_clickhouse_options(parser) -> None:
+    """--clickhouse-url and --database, the same on every command that needs ClickHouse."""
+    parser.add_argument("--clickhouse-url", default=None,
+                        help="http(s)://[user:password@]host:port or chdb:///path (default $RUNWIRE_CLICKHOUSE_URL)")
+    parser.add_argument("--database", default=None, help="database (default $RUNWIRE_CLICKHOUSE_DATABASE, else runwire)")
+
+
+def clickhouse_target(args) -> ClickHouseTarget:
+    """The options, then RUNWIRE_* variables, then defaults; UsageError when no server is named."""
+    target = build(ClickHouseTarget, {"clickhouse_url": getattr(args, "clickhouse_url", None),
+                                      "clickhouse_database": getattr(args, "database", None)})
+    if not target.clickhouse_url:
+        url = local_url(announce_on_stderr)
+        if not url:
+            raise UsageError("no ClickHouse: pass --clickhouse-url, set RUNWIRE_CLICKHOUSE_URL, or start the local "
+                             "stack (`runwire up`)")
+        target = replace(target, clickhouse_url=url)
+    return target
+
+
+def local_url(announce=None) -> str | None:
+    """The local stack's ClickHouse when the user named none: the running local stack
+    (runwire.proto.localstack), else the local store opened in-process (``chdb://``; nothing
+    else may have it open then), else None. ``announce(message)`` is told which one."""
     from runwire.proto import localstack
 
-    url = explicit or os.environ.get("RUNWIRE_CLICKHOUSE_URL")
-    if url:
-        return url
     record = localstack.read_record()
     if record and record.get("clickhouse_url"):
         if announce:
@@ -73,3 +97,36 @@ def announce_on_stderr(message: str) -> None:
     import sys
 
     print(f"runwire: {message}", file=sys.stderr)
+
+
+class Unreachable(ConnectionError):
+    """The ClickHouse server cannot be reached or refused us (exit status EXIT_FAILURE)."""
+
+
+def connect_from_args(args, create: bool = False):
+    """A client for the command's target; Unreachable with one clear line when that fails."""
+    target = clickhouse_target(args)
+    try:
+        return connect(target.clickhouse_url, target.clickhouse_database, create=create)
+    except Exception as exc:  # noqa: BLE001 - connection refused, bad URL, unknown database, auth
+        raise Unreachable(f"cannot reach ClickHouse at {redact(target.clickhouse_url)} "
+                          f"(database {target.clickhouse_database!r}): {server_message(exc)}") from None
+
+
+def server_message(exc: Exception) -> str:
+    """The useful part of a clickhouse-connect error, one line: the server's 'Code: N.
+    DB::Exception: ...' without the URL and version noise."""
+    text = str(exc)
+    if "Connection refused" in text or "Failed to establish" in text:
+        return "connection refused"
+    start = text.find("Code: ")
+    if start >= 0:
+        text = text[start:]
+    text = text.split("\n")[0].strip()
+    for noise in (" (for url ", " (version "):
+        cut = text.find(noise)
+        if cut > 0:
+            text = text[:cut]
+    if "READONLY" in text or "readonly" in text:
+        text += " -- runwire query runs read-only statements only"
+    return text

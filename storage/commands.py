@@ -1,4 +1,4 @@
-"""`runwire runs ...`, `runwire query`, `runwire report` subcommands (registered by runwire.cli;
+"""`runwire runs ...`, `runwire query`, `runwire report` subcommands (registered by runwire.deploy.cli;
 imports stay lazy).
 
     runwire runs ls [--project P] [--status S] [--limit N]
@@ -10,7 +10,8 @@ imports stay lazy).
 Every subcommand takes --clickhouse-url (default $RUNWIRE_CLICKHOUSE_URL), --database (default
 $RUNWIRE_CLICKHOUSE_DATABASE, else "runwire") and prints an aligned table, or --json / --csv.
 A bad filter, an unknown run, a refused statement or an unreachable server print one clear
-message on stderr and exit with status 2 (no traceback). Times print in UTC; --json writes ISO
+message on stderr (no traceback) and exit with status 2 (usage: a bad filter, an unknown run, a
+refused statement) or 1 (the server cannot be reached). Times print in UTC; --json writes ISO
 8601 times and NaN/Infinity as the strings "NaN", "Infinity", "-Infinity" (JSON has no such
 numbers); --csv writes full-precision numbers.
 """
@@ -22,11 +23,12 @@ import csv
 import datetime as dt
 import json
 import math
-import os
 import sys
 from typing import Any, Iterable, Sequence
 
-EXIT_USAGE = 2
+from runwire.proto.config import EXIT_FAILURE, EXIT_USAGE, UsageError
+from runwire.storage.client import Unreachable, add_clickhouse_options
+
 _MAX_CELL = 60
 
 
@@ -77,30 +79,28 @@ def register(subparsers) -> None:
     _connection_and_output(p)
     p.set_defaults(func=_guarded(_cmd_query))
 
-    # --- `runwire report RUN... -o report.html` (issue 5, HTML report): owned by
-    # runwire.storage.report, which registers its own subcommand (light imports only). --------
-    from runwire.storage import report
-
-    report.register(subparsers)
+    p = subparsers.add_parser("report", help="write one self-contained HTML file comparing runs",
+                              description="Loss curves with the min-max band across ranks, other metrics, GPU "
+                                          "temperature and memory, the parameters that differ and the alerts of "
+                                          "the given runs, in one HTML file that needs no network.")
+    p.add_argument("run_ids", nargs="+", metavar="RUN", help="run ids to compare (in this order)")
+    p.add_argument("-o", "--output", default="report.html", help="where to write the HTML (default report.html)")
+    p.add_argument("--metrics", default=None,
+                   help="comma-separated metrics to plot (default: loss-like first, then others, at most 12)")
+    add_clickhouse_options(p)
+    p.set_defaults(func=_guarded(_cmd_report))
 
 
 def _connection_and_output(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--clickhouse-url", default=None,
-                   help="http(s)://[user:password@]host:port or chdb:///path (default $RUNWIRE_CLICKHOUSE_URL)")
-    p.add_argument("--database", default=None,
-                   help="database (default $RUNWIRE_CLICKHOUSE_DATABASE, else runwire)")
+    add_clickhouse_options(p)
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", dest="output", action="store_const", const="json", help="JSON output")
     fmt.add_argument("--csv", dest="output", action="store_const", const="csv", help="CSV output")
     p.set_defaults(output="table")
 
 
-class _UsageError(Exception):
-    pass
-
-
 def _guarded(command):
-    """Expected failures become one line on stderr and exit status 2."""
+    """Expected failures become one line on stderr: exit status 2 for usage, 1 for the server."""
 
     def run(args) -> int:
         from clickhouse_connect.driver.exceptions import ClickHouseError
@@ -112,14 +112,16 @@ def _guarded(command):
             return command(args)
         except FilterError as exc:
             print(f"runwire: invalid filter: {exc}", file=sys.stderr)
-        except (QueryError, _UsageError) as exc:
+        except (QueryError, UsageError, LookupError, ValueError) as exc:
             print(f"runwire: {exc}", file=sys.stderr)
         except ClickHouseError as exc:
-            from runwire.storage.query import server_message
+            from runwire.storage.client import server_message
 
             print(f"runwire: ClickHouse error: {server_message(exc)}", file=sys.stderr)
-        except (OSError, ValueError) as exc:
+            return EXIT_FAILURE
+        except (Unreachable, OSError) as exc:
             print(f"runwire: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
         return EXIT_USAGE
 
     run.__name__ = command.__name__
@@ -129,28 +131,13 @@ def _guarded(command):
 def _queries(args):
     import logging
 
-    from runwire.storage.client import announce_on_stderr, connect, redact, resolve_url
+    from runwire.storage.client import connect_from_args
     from runwire.storage.query import RunQueries
 
-    # Their retry warnings would repeat what the one error line below says.
+    # Their retry warnings would repeat what the one error line says.
     for name in ("urllib3", "clickhouse_connect"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
-
-    url = resolve_url(args.clickhouse_url, announce_on_stderr)
-    if not url:
-        raise _UsageError("no ClickHouse: pass --clickhouse-url, set RUNWIRE_CLICKHOUSE_URL, or start the local "
-                          "stack (`runwire up`)")
-    database = args.database or os.environ.get("RUNWIRE_CLICKHOUSE_DATABASE") or "runwire"
-    try:
-        client = connect(url, database, create=False)
-    except Exception as exc:  # noqa: BLE001 - connection refused, bad URL, unknown database, auth
-        from runwire.storage.query import server_message
-
-        reason = server_message(exc)
-        if "Connection refused" in reason or "Failed to establish" in reason:
-            reason = "connection refused"
-        raise _UsageError(f"cannot query {redact(url)} database {database!r}: {reason[:300]}") from None
-    return RunQueries(client)
+    return RunQueries(connect_from_args(args))
 
 
 # --- commands ----------------------------------------------------------------------------------
@@ -228,12 +215,25 @@ def _cmd_search(args) -> int:
     return 0
 
 
+def _cmd_report(args) -> int:
+    from runwire.storage.report import write_report
+
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+    queries = _queries(args)
+    try:
+        path = write_report(queries.client, args.run_ids, args.output, metrics)
+    finally:
+        queries.client.close()
+    print(path.resolve())
+    return 0
+
+
 def _cmd_query(args) -> int:
     parameters = {}
     for item in args.param:
         name, sep, value = item.partition("=")
         if not sep or not name:
-            raise _UsageError(f"--param takes NAME=VALUE, got {item!r}")
+            raise UsageError(f"--param takes NAME=VALUE, got {item!r}")
         parameters[name] = value
     result = _queries(args).read_only_query(args.sql, parameters=parameters or None, max_rows=args.max_rows)
     if args.output == "json":

@@ -3,7 +3,7 @@ runwire.storage.filters).
 
 Every value reaches ClickHouse as a server-side parameter (``{name:Type}``); the only names
 formatted into SQL are fixed column names and the GPU field, which is checked against
-:data:`GPU_FIELDS` first.
+:data:`GPU_FLOAT_FIELDS` first.
 
 How the queries stay fast at scale (see bench/query.py):
 
@@ -28,17 +28,12 @@ import math
 import time
 from typing import Any, Iterable, Sequence
 
+from runwire.proto.contract import GPU_FLOAT_FIELDS
+from runwire.storage.client import server_message
 from runwire.storage import filters as _filters
 
-__all__ = ["RunQueries", "QueryError", "NotFound", "RunNotFound", "GPU_FIELDS"]
+__all__ = ["RunQueries", "QueryError", "NotFound", "RunNotFound", "GPU_FLOAT_FIELDS"]
 
-# The per-sample GPU float columns (runwire.ingest.codec.GPU_FLOAT_COLUMNS; a test keeps them
-# equal). Copied, not imported, so reading needs no Avro/Kafka imports.
-GPU_FIELDS = (
-    "memory_used_bytes", "memory_total_bytes", "temperature_c", "memory_temperature_c",
-    "gpu_utilization_pct", "memory_utilization_pct", "power_w", "power_limit_w",
-    "sm_clock_mhz", "memory_clock_mhz", "ecc_corrected", "ecc_uncorrected",
-)
 
 _UTC = dt.timezone.utc
 
@@ -626,16 +621,16 @@ class RunQueries:
         return self._with_last_run(rows, lo, hi)
 
     def gpu_series(self, run_id: str, field: str, buckets: int = 500, project: str | None = None) -> list[dict]:
-        """One GPU field (a name in GPU_FIELDS, e.g. temperature_c, memory_used_bytes) per GPU of
+        """One GPU field (a name in GPU_FLOAT_FIELDS, e.g. temperature_c, memory_used_bytes) per GPU of
         one run, in at most ``buckets`` equal time buckets over the run's samples: rows
         {host, gpu_uuid, gpu_index, bucket_start, min, max, last} ordered by host, gpu_uuid,
         bucket_start."""
-        if field not in GPU_FIELDS:
-            raise QueryError(f"unknown GPU field {field!r}: expected one of {', '.join(GPU_FIELDS)}")
+        if field not in GPU_FLOAT_FIELDS:
+            raise QueryError(f"unknown GPU field {field!r}: expected one of {', '.join(GPU_FLOAT_FIELDS)}")
         buckets = _positive_int(buckets, "buckets")
         project = self._resolve([run_id], project)[run_id]
         where = "project = {p:String} AND run_id = {r:String}"
-        # `field` is one of GPU_FIELDS (checked above): safe to name in the SQL.
+        # `field` is one of GPU_FLOAT_FIELDS (checked above): safe to name in the SQL.
         rows = self._query(
             f"WITH (SELECT (min(toUnixTimestamp64Milli(ts)), max(toUnixTimestamp64Milli(ts))) FROM gpu_samples "
             f"WHERE {where}) AS bounds, bounds.1 AS lo, greatest(1, intDiv(bounds.2 - bounds.1, {{n:UInt32}}) + 1) AS w "
@@ -1048,23 +1043,3 @@ def _combine_ranks(per_rank: str, across_ranks: bool) -> str:
                 f"FROM ({per_rank}) GROUP BY bucket_start ORDER BY bucket_start")
     return (f"SELECT bucket_start, rank, r_min AS min, r_max AS max, r_last AS last, r_count AS count "
             f"FROM ({per_rank}) ORDER BY rank, bucket_start")
-
-
-def server_message(exc: Exception) -> str:
-    """The useful part of a clickhouse-connect error, one line: the server's 'Code: N.
-    DB::Exception: ...' without the URL and version noise."""
-    text = str(exc)
-    start = text.find("Code: ")
-    if start >= 0:
-        text = text[start:]
-    text = text.split("\n")[0].strip()
-    for noise in (" (for url ", " (version "):
-        cut = text.find(noise)
-        if cut > 0:
-            text = text[:cut]
-    if "READONLY" in text or "readonly" in text:
-        text += " -- runwire query runs read-only statements only"
-    return text
-
-
-_server_message = server_message  # the name runwire.storage.report imports

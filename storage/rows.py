@@ -11,7 +11,7 @@ from collections.abc import Iterable
 import numpy as np
 import pyarrow as pa
 
-from runwire.ingest.codec import GPU_FLOAT_COLUMNS
+from runwire.proto.contract import GPU_FLOAT_FIELDS
 
 _TS = pa.timestamp("us", tz="UTC")
 _TS_MS = pa.timestamp("ms", tz="UTC")
@@ -82,7 +82,7 @@ def gpu_table(records: list[dict]) -> pa.Table:
         "gpu_name": names.column(_cat(name_ids, np.int32)),
         "ts": _timestamps_us(_concat(records, "timestamps_ns", np.int64)),
     }
-    for name in GPU_FLOAT_COLUMNS:
+    for name in GPU_FLOAT_FIELDS:
         columns[name] = pa.array(_concat(records, name, np.float64))
     columns["throttle_reasons"] = pa.array(_concat(records, "throttle_reasons", np.uint64))
     columns["xid"] = pa.array(_concat(records, "xid", np.uint64))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import defaultdict
 
-from runwire.ingest.codec import GPU, METRICS, RUNS
+from runwire.proto.contract import GPU, METRICS, RUNS
 from runwire.storage import rows
 
 

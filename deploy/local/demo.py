@@ -1,7 +1,7 @@
 """`runwire demo`: a simulated multi-node training job on the embedded stack.
 
 Every simulated rank is its own process running the real emitter, with simulated GPUs behind
-a fake NVML (`runwire.testing.fake_nvml`), so the demo exercises the same code as a real job.
+a fake NVML (`runwire.simulated_nvml`), so the demo exercises the same code as a real job.
 """
 
 from __future__ import annotations

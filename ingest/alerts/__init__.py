@@ -9,11 +9,10 @@ Modules (pure cores in thin I/O shells):
     lifecycle.py  pending -> firing -> resolved, deterministic alert ids, re-notify (pure)
     store.py      the `alerts` table (one row per state change, newest updated_at wins)
     notify.py     webhook (JSON), Slack-compatible, log and callback notifiers, each on its own
-                  thread behind a bounded queue, retried with runwire.retry
+                  thread behind a bounded queue, retried with runwire.proto.retry
     engine.py     AlertConfig (RUNWIRE_ALERT_*) and build_engine(): observe/start/flush/stop
     report.py     text views: `runwire alerts ls`, a run's alert timeline
     commands.py   `runwire alerts ls`, `runwire alerts rules`
-    records.py    decoded records built through the real codec (tests, benchmarks)
     receiver.py   a local webhook receiver (tests; `python -m runwire.ingest.alerts.receiver`)
 
 Built-in rules (`runwire alerts rules` prints the effective ones):

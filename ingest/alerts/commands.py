@@ -1,4 +1,4 @@
-"""`runwire alerts ...` subcommands (registered by runwire.cli; imports stay lazy).
+"""`runwire alerts ...` subcommands (registered by runwire.deploy.cli; imports stay lazy).
 
     runwire alerts ls [--firing | --open | --all] [--project P] [--run RUN] [--rule R] [--limit N] [--json]
     runwire alerts rules [--rules FILE] [--project P] [--json]
@@ -7,8 +7,10 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
+
+from runwire.proto.config import EXIT_FAILURE, EXIT_USAGE, UsageError
+from runwire.storage.client import add_clickhouse_options
 
 
 def register(subparsers) -> None:
@@ -27,8 +29,7 @@ def register(subparsers) -> None:
     ls.add_argument("--rule", default=None)
     ls.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
     ls.add_argument("--json", action="store_true", help="JSON lines instead of a table")
-    ls.add_argument("--clickhouse-url", default=None, help="RUNWIRE_CLICKHOUSE_URL")
-    ls.add_argument("--database", default=None, help="RUNWIRE_CLICKHOUSE_DATABASE, default runwire")
+    add_clickhouse_options(ls)
     ls.set_defaults(func=cmd_ls)
 
     rules = sub.add_parser("rules", help="print the effective, validated alert rules")
@@ -44,21 +45,24 @@ def cmd_ls(args) -> int:
 
     from runwire.ingest.alerts.report import alerts_json, format_alerts
     from runwire.ingest.alerts.store import query_alerts
-    from runwire.storage.client import announce_on_stderr, connect, redact, resolve_url
+    from runwire.storage.client import Unreachable, clickhouse_target, connect_from_args, redact
 
-    url = resolve_url(args.clickhouse_url, announce_on_stderr)
-    if not url:
-        print("runwire alerts ls: give --clickhouse-url, set RUNWIRE_CLICKHOUSE_URL, or start the local stack "
-              "(`runwire up`)", file=sys.stderr)
-        return 2
-    database = args.database or os.environ.get("RUNWIRE_CLICKHOUSE_DATABASE") or "runwire"
     try:
-        client = connect(url, database, create=False)
+        client = connect_from_args(args)
+    except UsageError as exc:
+        print(f"runwire alerts ls: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Unreachable as exc:
+        print(f"runwire alerts ls: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
         alerts = query_alerts(client, firing_only=args.firing, open_only=args.open, project=args.project,
                               run_id=args.run, rule=args.rule, limit=args.limit, include_inactive=args.all)
     except Exception as exc:
-        print(f"runwire alerts ls: cannot read alerts from {redact(url)}/{database}: {exc}", file=sys.stderr)
-        return 1
+        target = clickhouse_target(args)
+        print(f"runwire alerts ls: cannot read alerts from {redact(target.clickhouse_url)}/"
+              f"{target.clickhouse_database}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     if args.json:
         for item in alerts_json(alerts):
             print(json.dumps(item))
@@ -70,14 +74,16 @@ def cmd_ls(args) -> int:
 def cmd_rules(args) -> int:
     from runwire.ingest.alerts.rules import RulesError, load_rules, rule_to_dict
 
-    path = args.rules if args.rules is not None else os.environ.get("RUNWIRE_ALERT_RULES", "")
+    from runwire.ingest.alerts.engine import AlertConfig
+
+    path = AlertConfig.from_settings(rules=args.rules).rules
     try:
         rules = load_rules(path)
     except RulesError as exc:
         print(f"runwire alerts rules: {len(exc.errors)} problem(s):", file=sys.stderr)
         for error in exc.errors:
             print(f"  {error}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     if args.json:
         out = {"source": rules.source, "rules": rules.describe(args.project)}
         if args.project is None:

@@ -24,8 +24,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from runwire import retry
-from runwire.config import build, secret
+from runwire.proto import retry
+from runwire.proto.config import build, secret
 from runwire.ingest.alerts.condition import Transition
 from runwire.ingest.alerts.lifecycle import Alert, AlertEvent, Lifecycle
 from runwire.ingest.alerts.notify import (

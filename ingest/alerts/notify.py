@@ -24,12 +24,17 @@ import urllib.error
 import urllib.request
 from typing import Any, Callable, Protocol
 
-from runwire import retry
+from runwire.proto import retry
 from runwire.ingest.alerts.lifecycle import Alert, AlertEvent
 
 log = logging.getLogger("runwire.alerts")
 
-_RETRYABLE_HTTP = {408, 425, 429}
+_RETRYABLE_HTTP = {408, 425, 429}  # timeout, too early, too many requests
+
+
+def retryable_http_status(code: int) -> bool:
+    """The classifier for webhook answers: the receiver may recover from these (and any 5xx)."""
+    return code in _RETRYABLE_HTTP or code >= 500
 _NEVER_SET = threading.Event()  # Event.wait on it is an interruptible-style short sleep
 _SEVERITY_ICON = {"critical": ":rotating_light:", "warning": ":warning:", "info": ":information_source:"}
 
@@ -150,7 +155,7 @@ class WebhookNotifier:
         except urllib.error.HTTPError as exc:
             code = exc.code
             exc.close()
-            if code in _RETRYABLE_HTTP or code >= 500:
+            if retryable_http_status(code):
                 raise ConnectionError(f"HTTP {code}") from None
             raise PermanentNotifyError(f"HTTP {code}") from None
         except urllib.error.URLError as exc:
@@ -282,28 +287,33 @@ class NotifierWorker:
                 self._queue.task_done()
 
     def _deliver(self, event: AlertEvent) -> None:
-        deadline = time.monotonic() + self.deadline_s
-        attempt = 0
-        while True:
-            try:
-                self.notifier.send(event)
-            except PermanentNotifyError as exc:
-                self.counters["failed"] += 1
-                self._failed(f"rejected ({exc}); not retried")
-                return
-            except Exception as exc:  # network errors, 5xx, a buggy callback
-                attempt += 1
-                if attempt >= self.max_attempts or not retry.sleep(self.backoff, attempt - 1, self._stop, deadline):
-                    self.counters["failed"] += 1
-                    self._failed(f"gave up after {attempt} attempt(s): {exc}")
-                    return
-                self.counters["retries"] += 1
-                continue
-            self.counters["sent"] += 1
-            if self._failing:
-                self._failing = False
-                log.info("alert notifier %s: delivering again", self.name)
+        attempts = 0
+
+        def send() -> None:
+            nonlocal attempts
+            attempts += 1
+            self.notifier.send(event)
+
+        def count_retry(_exc: BaseException, _attempt: int) -> None:
+            self.counters["retries"] += 1
+
+        try:
+            # Network errors, 5xx and a buggy callback are retried; a rejection is not.
+            retry.call(send, lambda exc: not isinstance(exc, PermanentNotifyError), self._stop, self.backoff,
+                       deadline=time.monotonic() + self.deadline_s, on_retry=count_retry,
+                       max_attempts=self.max_attempts)
+        except PermanentNotifyError as exc:
+            self.counters["failed"] += 1
+            self._failed(f"rejected ({exc}); not retried")
             return
+        except Exception as exc:
+            self.counters["failed"] += 1
+            self._failed(f"gave up after {attempts} attempt(s): {exc}")
+            return
+        self.counters["sent"] += 1
+        if self._failing:
+            self._failing = False
+            log.info("alert notifier %s: delivering again", self.name)
 
     def _failed(self, why: str) -> None:
         if not self._failing:

@@ -39,7 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from runwire.config import ConfigError
+from runwire.proto.config import ConfigError
+from runwire.proto.contract import GPU_FLOAT_FIELDS
 
 SEVERITIES = ("info", "warning", "critical")
 
@@ -49,13 +50,8 @@ STREAM_KINDS = ("gpu_threshold", "gpu_throttle", "gpu_counter_increase", "gpu_co
 PERIODIC_KINDS = ("straggler", "heartbeat", "sql")
 KINDS = STREAM_KINDS + PERIODIC_KINDS
 
-# Per-sample GPU columns of the decoded records (runwire.ingest.codec.GPU_FLOAT_COLUMNS) plus the
-# two derived fractions the built-in rules use. A unit test keeps this in step with the codec.
-GPU_FLOAT_FIELDS = (
-    "memory_used_bytes", "memory_total_bytes", "temperature_c", "memory_temperature_c",
-    "gpu_utilization_pct", "memory_utilization_pct", "power_w", "power_limit_w",
-    "sm_clock_mhz", "memory_clock_mhz", "ecc_corrected", "ecc_uncorrected",
-)
+# The per-sample GPU float fields of the contract plus the two derived fractions the built-in
+# rules use.
 GPU_DERIVED_FIELDS = {
     "memory_used_fraction": ("memory_used_bytes", "memory_total_bytes"),
     "power_fraction": ("power_w", "power_limit_w"),

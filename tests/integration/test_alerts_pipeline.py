@@ -14,7 +14,7 @@ import pytest
 from runwire.ingest.alerts import commands
 from runwire.ingest.alerts.engine import AlertConfig, build_engine
 from runwire.ingest.alerts.receiver import WebhookReceiver
-from runwire.ingest.alerts.records import (
+from runwire.testing.records import (
     GIB, gpu_record, gpu_sample, metric_record, run_end_record, run_start_record,
 )
 from runwire.ingest.alerts.rules import parse_rules
@@ -244,8 +244,8 @@ def test_engine_as_ingest_worker_observer_through_kafka(kafka_bootstrap, clickho
     from runwire.ingest.kafka_io import make_producer, topic_names
     from runwire.ingest.worker import IngestConfig, IngestWorker
     from runwire.proto import telemetry_pb2 as pb
-    from runwire.gpu import encode_gpu_batch
-    from runwire.ingest.alerts.records import identity
+    from runwire.gpu_wire import encode_gpu_batch
+    from runwire.testing.records import identity
 
     engine = engines(receiver.url, periodic=False)
     prefix = f"alerts-{uuid.uuid4().hex[:8]}."

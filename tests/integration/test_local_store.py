@@ -49,7 +49,7 @@ def test_demo_logs_into_the_running_stack_and_commands_find_it(recorded_stack, c
     run_id = out.split("#/run/")[1].split()[0]
 
     env = dict(os.environ, RUNWIRE_CLICKHOUSE_DATABASE=recorded_stack.database)
-    ls = subprocess.run([sys.executable, "-m", "runwire.cli", "runs", "ls"], capture_output=True, text=True,
+    ls = subprocess.run([sys.executable, "-m", "runwire.deploy.cli", "runs", "ls"], capture_output=True, text=True,
                         env=env, timeout=120)
     assert ls.returncode == 0, ls.stderr
     assert run_id in ls.stdout
@@ -69,7 +69,7 @@ def test_runwire_ui_refuses_a_port_in_use(recorded_stack):
     holder.listen(1)
     try:
         port = holder.getsockname()[1]
-        done = subprocess.run([sys.executable, "-m", "runwire.cli", "ui", "--listen", f"127.0.0.1:{port}"],
+        done = subprocess.run([sys.executable, "-m", "runwire.deploy.cli", "ui", "--listen", f"127.0.0.1:{port}"],
                               capture_output=True, text=True, timeout=60)
     finally:
         holder.close()

@@ -61,7 +61,7 @@ class Pipeline:
                    RUNWIRE_CLICKHOUSE_DATABASE=self.settings["clickhouse_database"],
                    RUNWIRE_TOPIC_PREFIX=self.settings["topic_prefix"], RUNWIRE_TOPIC_PARTITIONS="4",
                    RUNWIRE_GROUP_ID=self.group_id, RUNWIRE_BATCH_ROWS=str(batch_rows), RUNWIRE_BATCH_INTERVAL_S="0.2")
-        proc = subprocess.Popen([sys.executable, "-m", "runwire.cli", "ingest"], env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "runwire.deploy.cli", "ingest"], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.processes.append(proc)
         return proc

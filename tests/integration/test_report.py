@@ -223,12 +223,9 @@ def test_unknown_run_is_a_clear_error(report_client, tmp_path):
 
 
 def test_report_command_writes_the_file(report_client, clickhouse_url, tmp_path, capsys):
-    import argparse
+    from runwire.deploy.cli import build_parser
 
-    from runwire.storage.report import register_report_command
-
-    parser = argparse.ArgumentParser()
-    register_report_command(parser.add_subparsers(dest="command"))
+    parser = build_parser()
     out = tmp_path / "sub" / "cmp.html"
     database = report_client.database
     args = parser.parse_args(["report", RUN_B, RUN_A, "-o", str(out), "--clickhouse-url", clickhouse_url,

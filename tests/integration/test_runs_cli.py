@@ -1,8 +1,8 @@
 """`runwire runs ls|show|compare|search` and `runwire query` against a real ClickHouse server
 (the session's clickhouse_url) and a fresh database, with data written by the StorageWriter.
 
-Most calls go through runwire.cli.main in this process (fast); the error paths and one happy
-path run `python -m runwire.cli` as a real subprocess (exit status, no traceback).
+Most calls go through runwire.deploy.cli.main in this process (fast); the error paths and one happy
+path run `python -m runwire.deploy.cli` as a real subprocess (exit status, no traceback).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from runwire import wire
-from runwire.cli import main as cli_main
+from runwire.deploy.cli import main as cli_main
 from runwire.ingest import codec
 from runwire.proto import telemetry_pb2 as pb
 from runwire.storage import schema
@@ -91,7 +91,7 @@ def run_cli(capsys, db, *argv: str) -> tuple[int, str, str]:
 
 def run_process(db, *argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
     url, database = db
-    return subprocess.run([sys.executable, "-m", "runwire.cli", *argv, "--clickhouse-url", url, "--database", database],
+    return subprocess.run([sys.executable, "-m", "runwire.deploy.cli", *argv, "--clickhouse-url", url, "--database", database],
                           capture_output=True, text=True, timeout=60, env=env)
 
 
@@ -217,15 +217,35 @@ def test_errors_exit_2_with_a_message_and_no_traceback(db):
     still = run_process(db, "query", "SELECT count() FROM metrics", "--csv")
     assert still.returncode == 0 and still.stdout.splitlines() == ["count()", "12"]
 
-    nowhere = subprocess.run([sys.executable, "-m", "runwire.cli", "runs", "ls", "--clickhouse-url", "http://127.0.0.1:9"],
+    nowhere = subprocess.run([sys.executable, "-m", "runwire.deploy.cli", "runs", "ls", "--clickhouse-url", "http://127.0.0.1:9"],
                              capture_output=True, text=True, timeout=60)
-    assert nowhere.returncode == 2 and "cannot query" in nowhere.stderr and "Traceback" not in nowhere.stderr
+    # A server that cannot be reached is a runtime failure (1), not a usage error (2).
+    assert nowhere.returncode == 1 and "cannot reach ClickHouse" in nowhere.stderr and "Traceback" not in nowhere.stderr
 
 
 def test_url_from_the_environment(db):
     url, database = db
     env = dict(os.environ, RUNWIRE_CLICKHOUSE_URL=url, RUNWIRE_CLICKHOUSE_DATABASE=database)
-    done = subprocess.run([sys.executable, "-m", "runwire.cli", "runs", "ls", "--json"], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "runwire.deploy.cli", "runs", "ls", "--json"], capture_output=True, text=True,
                           timeout=60, env=env)
     assert done.returncode == 0, done.stderr
     assert [r["run_id"] for r in json.loads(done.stdout)] == ["r-gamma", "r-beta", "r-alpha"]
+
+
+def test_every_clickhouse_command_takes_the_same_options_and_variables(db):
+    """migrate used to ignore RUNWIRE_CLICKHOUSE_URL; now every command resolves it the same way."""
+    url, database = db
+    env = dict(os.environ, RUNWIRE_CLICKHOUSE_URL=url, RUNWIRE_CLICKHOUSE_DATABASE=database)
+    for argv in (["migrate"], ["alerts", "ls"], ["runs", "ls"]):
+        done = subprocess.run([sys.executable, "-m", "runwire.deploy.cli", *argv], capture_output=True, text=True,
+                              timeout=120, env=env)
+        assert done.returncode == 0, (argv, done.stderr)
+    migrated = subprocess.run([sys.executable, "-m", "runwire.deploy.cli", "migrate"], capture_output=True,
+                              text=True, timeout=120, env=env)
+    assert "nothing (up to date)" in migrated.stdout
+    unset = {k: v for k, v in os.environ.items() if not k.startswith("RUNWIRE_CLICKHOUSE")}
+    for argv in (["migrate"], ["alerts", "ls"], ["runs", "ls"], ["report", "r-alpha"]):
+        done = subprocess.run([sys.executable, "-m", "runwire.deploy.cli", *argv], capture_output=True, text=True,
+                              timeout=120, env=unset)
+        assert done.returncode == 2 and "RUNWIRE_CLICKHOUSE_URL" in done.stderr, (argv, done.stderr)
+        assert "Traceback" not in done.stderr

@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from runwire.config import ConfigError
+from runwire.proto.config import ConfigError
 from runwire.ingest.alerts.engine import AlertConfig, AlertEngine, DisabledEngine, build_engine
 from runwire.ingest.alerts.notify import CallbackNotifier
-from runwire.ingest.alerts.records import gpu_record, gpu_sample, metric_record
+from runwire.testing.records import gpu_record, gpu_sample, metric_record
 from runwire.ingest.alerts.rules import parse_rules
 
 pytestmark = pytest.mark.timeout(60)

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from runwire import retry
+from runwire.proto import retry
 from runwire.ingest.alerts.condition import Entity, Transition
 from runwire.ingest.alerts.lifecycle import Lifecycle
 from runwire.ingest.alerts.notify import (

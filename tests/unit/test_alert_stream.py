@@ -8,7 +8,7 @@ import math
 import pytest
 
 from runwire.ingest.alerts.condition import HOLD, HOT, COLD, Condition, level_of
-from runwire.ingest.alerts.records import GIB, gpu_record, gpu_sample, metric_record, run_end_record
+from runwire.testing.records import GIB, gpu_record, gpu_sample, metric_record, run_end_record
 from runwire.ingest.alerts.rules import THROTTLE_REASONS, RuleSet, parse_rules
 from runwire.ingest.alerts.stream import StreamEvaluator
 

@@ -15,7 +15,8 @@ import pytest
 from fastavro.schema import to_parsing_canonical_form
 
 from runwire.ingest import codec
-from runwire.ingest.codec import GPU, GPU_FLOAT_COLUMNS, METRICS, RUNS, PoisonRecord, decode
+from runwire.proto.contract import GPU_FLOAT_FIELDS
+from runwire.ingest.codec import GPU, METRICS, RUNS, PoisonRecord, decode
 from runwire import wire
 from runwire.proto import telemetry_pb2 as pb
 
@@ -95,7 +96,7 @@ def gpu_envelope(seq: int = 8) -> pb.Envelope:
     g.gpu_names.extend(["NVIDIA H100 80GB HBM3", "NVIDIA H100 80GB HBM3"])
     g.gpu_ref.extend([1, 0, 1])
     g.timestamps_ns.extend([RECEIVED_NS, RECEIVED_NS + 1, RECEIVED_NS + 2])
-    for k, name in enumerate(GPU_FLOAT_COLUMNS):
+    for k, name in enumerate(GPU_FLOAT_FIELDS):
         getattr(g, name).extend([k + 0.25, float("nan"), -(k + 1.5)])
     g.throttle_reasons.extend([0, 2**64 - 1, 0x40])
     g.xid.extend([0, 79, 2**63 + 1])
@@ -202,7 +203,7 @@ def test_gpu_round_trip():
     assert record["gpu_names"] == list(g.gpu_names)
     assert record["gpu_ref"].tolist() == [1, 0, 1]
     assert record["timestamps_ns"].tolist() == list(g.timestamps_ns)
-    for name in GPU_FLOAT_COLUMNS:
+    for name in GPU_FLOAT_FIELDS:
         assert record[name].dtype == np.float64
         assert bits(record[name]) == bits(getattr(g, name)), name
     assert record["throttle_reasons"].dtype == np.uint64

@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 import runwire
 from runwire import run as run_module
 from runwire.ingest import codec
-from runwire.ingest.gateway import SERVICE
+from runwire.proto.contract import PUBLISH_METHOD as PUBLISH, SERVICE_NAME, STREAM_METHOD as STREAM
 from runwire import wire
 from runwire.proto import telemetry_pb2 as pb
 
@@ -23,8 +23,6 @@ from gateway_helpers import RecordingSink, start_gateway
 
 pytestmark = pytest.mark.timeout(60)
 
-PUBLISH = f"/{SERVICE}/Publish"
-STREAM = f"/{SERVICE}/Stream"
 TOKEN = "s3cret"
 GARBAGE = b"\xff\xff\xff\xff not a protobuf"
 
@@ -355,7 +353,7 @@ def test_emitter_token_end_to_end_and_never_logged(auth_gateway, auth_sink, tmp_
 
 def test_health_service_reports_serving(gateway, channel):
     stub = health_pb2_grpc.HealthStub(channel)
-    for service in ("", SERVICE):
+    for service in ("", SERVICE_NAME):
         response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
         assert response.status == health_pb2.HealthCheckResponse.SERVING
 

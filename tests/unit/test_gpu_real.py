@@ -7,7 +7,8 @@ import queue
 
 import pytest
 
-from runwire.gpu import GpuSampler, encode_gpu_batch
+from runwire.gpu import GpuSampler
+from runwire.gpu_wire import encode_gpu_batch
 
 pytestmark = [pytest.mark.gpu, pytest.mark.timeout(60)]
 

@@ -1,4 +1,4 @@
-"""NVML GPU sampler (runwire.gpu) against the faithful fake (runwire.testing.fake_nvml)."""
+"""NVML GPU sampler (runwire.gpu) against the faithful fake (runwire.simulated_nvml)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ import time
 import pynvml
 import pytest
 
-from runwire.gpu import GpuSample, GpuSampler, decode_gpu_batch, encode_gpu_batch, select_devices
+from runwire.gpu import GpuSampler
+from runwire.gpu_devices import select_devices
+from runwire.gpu_wire import GpuSample, decode_gpu_batch, encode_gpu_batch
 from runwire.proto import telemetry_pb2
-from runwire.testing.fake_nvml import FakeGpu, FakeNvml, ManualClock
+from runwire.simulated_nvml import FakeGpu, FakeNvml, ManualClock
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from runwire import retry
-from runwire.config import ConfigError, build, secret
+from runwire.proto import retry
+from runwire.proto.config import ConfigError, build, secret
 from runwire.exporter import EmitterConfig
 from runwire.identity import layout_from_env, run_id_from_env
 from runwire.ingest.gateway import GatewayConfig
@@ -333,6 +333,51 @@ def test_retry_sleep_respects_deadline():
     assert time.monotonic() - started < 1
 
 
-def test_retryable_codes_exclude_permanent_ones():
-    assert "UNAVAILABLE" in retry.RETRYABLE_GRPC_CODES and "RESOURCE_EXHAUSTED" in retry.RETRYABLE_GRPC_CODES
-    assert not {"INVALID_ARGUMENT", "UNAUTHENTICATED", "PERMISSION_DENIED"} & retry.RETRYABLE_GRPC_CODES
+def test_grpc_codes_are_classified_once_for_every_sender():
+    from runwire.proto.contract import AUTH, REJECT, RETRY, classify_grpc
+
+    assert classify_grpc("UNAVAILABLE") == RETRY and classify_grpc("RESOURCE_EXHAUSTED") == RETRY
+    assert classify_grpc("DEADLINE_EXCEEDED") == RETRY
+    assert classify_grpc("INVALID_ARGUMENT") == REJECT
+    assert classify_grpc("UNAUTHENTICATED") == AUTH and classify_grpc("PERMISSION_DENIED") == AUTH
+
+
+def test_retry_call_retries_only_what_the_classifier_allows():
+    stop = threading.Event()
+    fast = retry.Backoff(initial_s=0.001, max_s=0.001)
+    attempts = []
+
+    def flaky():
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise ConnectionError("down")
+        return "ok"
+
+    seen = []
+    assert retry.call(flaky, lambda e: isinstance(e, ConnectionError), stop, fast,
+                      on_retry=lambda e, n: seen.append(n)) == "ok"
+    assert len(attempts) == 3 and seen == [0, 1]
+
+    def bad():
+        raise ValueError("bad data")
+
+    with pytest.raises(ValueError):
+        retry.call(bad, lambda e: isinstance(e, ConnectionError), stop, fast)
+    with pytest.raises(ConnectionError):
+        retry.call(lambda: (_ for _ in ()).throw(ConnectionError("x")),
+                   lambda e: True, stop, fast, max_attempts=4)
+    stop.set()
+    with pytest.raises(ConnectionError):  # shutdown ends the retries with the last error
+        retry.call(lambda: (_ for _ in ()).throw(ConnectionError("x")), lambda e: True, stop, fast)
+
+
+def test_a_mistyped_variable_is_named_with_the_setting_it_resembles(caplog):
+    from runwire.exporter import EmitterConfig
+
+    with caplog.at_level("WARNING", logger="runwire"):
+        config = build(EmitterConfig, {}, env={"RUNWIRE_GATEWY": "10.0.0.1:50051", "RUNWIRE_RUN_ID": "r",
+                                               "RUNWIRE_FLUSH_INTERVAL_S": "1"})
+    assert config.gateway == "127.0.0.1:50051" and config.flush_interval_s == 1.0
+    warnings = [r.getMessage() for r in caplog.records]
+    assert any("RUNWIRE_GATEWY" in m and "RUNWIRE_GATEWAY" in m for m in warnings), warnings
+    assert not any("RUNWIRE_RUN_ID" in m or "RUNWIRE_FLUSH_INTERVAL_S" in m for m in warnings)

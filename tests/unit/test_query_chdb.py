@@ -15,13 +15,14 @@ import math
 import numpy as np
 import pytest
 
+from runwire.proto.contract import GPU_FLOAT_FIELDS
 from runwire import wire
 from runwire.ingest import codec
 from runwire.proto import telemetry_pb2 as pb
 from runwire.storage import schema
 from runwire.storage.client import connect
 from runwire.storage.filters import FilterError
-from runwire.storage.query import GPU_FIELDS, NotFound, QueryError, RunNotFound, RunQueries
+from runwire.storage.query import NotFound, QueryError, RunNotFound, RunQueries
 from runwire.storage.writer import StorageWriter
 
 T0 = 1_735_689_600_000_000_000  # 2025-01-01T00:00:00Z in ns
@@ -88,7 +89,7 @@ def gpu_record(project: str, run_id: str, rank: int, host: str, samples, seq: in
     for uuid, ts, temperature, memory, utilization, throttle in samples:
         g.gpu_ref.append(uuids.index(uuid))
         g.timestamps_ns.append(ts)
-        for column in codec.GPU_FLOAT_COLUMNS:
+        for column in GPU_FLOAT_FIELDS:
             value = {"temperature_c": temperature, "memory_used_bytes": memory, "memory_total_bytes": 80e9,
                      "gpu_utilization_pct": utilization, "power_w": 300.0 + temperature}.get(column, 1.0)
             getattr(g, column).append(value)
@@ -566,10 +567,6 @@ def test_gpu_series_per_gpu_of_a_run(q):
     assert min(r["min"] for r in a) == 60.0 and a[-1]["last"] == 60.0
     with pytest.raises(QueryError, match="unknown GPU field"):
         q.gpu_series("a", "temperature_c; DROP TABLE metrics")
-
-
-def test_gpu_fields_match_the_codec():
-    assert GPU_FIELDS == codec.GPU_FLOAT_COLUMNS
 
 
 # --- read-only SQL ---------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import math
 import re
@@ -12,7 +11,7 @@ import pytest
 
 from runwire.storage.report import (
     Bucket, GpuSeries, RunData, Series, fmt_duration, fmt_number, line_chart, nice_ticks, reduce_buckets,
-    register_report_command, render_report,
+    render_report,
 )
 
 T0 = dt.datetime(2025, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
@@ -169,17 +168,19 @@ def test_number_and_axis_formatting():
 
 
 def test_report_command_arguments():
-    parser = argparse.ArgumentParser()
-    register_report_command(parser.add_subparsers(dest="command"))
+    from runwire.deploy.cli import build_parser
+
+    parser = build_parser()
     args = parser.parse_args(["report", "run-a", "run-b", "-o", "out.html", "--metrics", "loss,lr"])
     assert args.run_ids == ["run-a", "run-b"] and args.output == "out.html" and args.metrics == "loss,lr"
     assert callable(args.func)
 
 
 def test_command_without_clickhouse_url_fails_cleanly(monkeypatch, capsys):
+    from runwire.deploy.cli import build_parser
+
     monkeypatch.delenv("RUNWIRE_CLICKHOUSE_URL", raising=False)
-    parser = argparse.ArgumentParser()
-    register_report_command(parser.add_subparsers(dest="command"))
+    parser = build_parser()
     args = parser.parse_args(["report", "run-a"])
     assert args.func(args) == 2
     assert "RUNWIRE_CLICKHOUSE_URL" in capsys.readouterr().err

@@ -12,6 +12,7 @@ import math
 
 import pytest
 
+from runwire.proto.contract import GPU_FLOAT_FIELDS
 from runwire import wire
 from runwire.ingest import codec
 from runwire.proto import telemetry_pb2 as pb
@@ -133,7 +134,7 @@ def gpu(run_id: str, rank: int, samples, seq: int = 2) -> tuple[str, dict]:
     for k, (uuid, ts, temperature, throttle) in enumerate(samples):
         g.gpu_ref.append(["GPU-a", "GPU-b"].index(uuid))
         g.timestamps_ns.append(ts)
-        for column in codec.GPU_FLOAT_COLUMNS:
+        for column in GPU_FLOAT_FIELDS:
             getattr(g, column).append(temperature if column == "temperature_c" else float("nan") if k == 1 else 100.0 + k)
         g.throttle_reasons.append(throttle)
         g.xid.append(79 if k == 2 else 0)

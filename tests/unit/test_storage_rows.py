@@ -7,6 +7,7 @@ import math
 import pyarrow as pa
 import pytest
 
+from runwire.proto.contract import GPU_FLOAT_FIELDS
 from runwire.ingest import codec
 from runwire import wire
 from runwire.proto import telemetry_pb2 as pb
@@ -91,7 +92,7 @@ def gpu_record(rank, gpus, samples, received_ns=T0) -> dict:
     for k, (uuid, ts, temperature, throttle, xid) in enumerate(samples):
         g.gpu_ref.append(uuids.index(uuid))
         g.timestamps_ns.append(ts)
-        for j, column in enumerate(codec.GPU_FLOAT_COLUMNS):
+        for j, column in enumerate(GPU_FLOAT_FIELDS):
             getattr(g, column).append(temperature if column == "temperature_c" else 1000.0 * j + k)
         g.throttle_reasons.append(throttle)
         g.xid.append(xid)
@@ -124,7 +125,7 @@ def test_gpu_table_maps_each_records_gpu_dictionary():
     temperature = table.column("temperature_c").to_numpy()
     assert temperature[0] == 60.0 and math.isnan(temperature[1]) and temperature[4] == -1.0
     assert table.column("power_w").to_pylist() == [
-        1000.0 * codec.GPU_FLOAT_COLUMNS.index("power_w") + k for k in (0, 1, 0, 1, 2)]
+        1000.0 * GPU_FLOAT_FIELDS.index("power_w") + k for k in (0, 1, 0, 1, 2)]
     assert table.column("throttle_reasons").to_pylist() == [0, 2**64 - 1, 4, 0, 1]
     assert table.column("xid").to_pylist() == [0, 79, 0, 2**63, 0]
 
@@ -132,11 +133,11 @@ def test_gpu_table_maps_each_records_gpu_dictionary():
     assert schema.field("gpu_index").type == pa.uint16()
     assert schema.field("throttle_reasons").type == pa.uint64()
     assert schema.field("ts").type == pa.timestamp("us", tz="UTC")
-    for column in codec.GPU_FLOAT_COLUMNS:
+    for column in GPU_FLOAT_FIELDS:
         assert schema.field(column).type == pa.float64()
     assert set(table.column_names) == {
         "project", "run_id", "host", "node_rank", "rank", "gpu_uuid", "pci_bus_id", "gpu_index", "gpu_name",
-        "ts", "throttle_reasons", "xid", *codec.GPU_FLOAT_COLUMNS}
+        "ts", "throttle_reasons", "xid", *GPU_FLOAT_FIELDS}
 
 
 def test_gpu_table_of_no_records_is_empty():

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from runwire.proto import contract
 from runwire.ingest import validate as v
-from runwire.ingest.codec import GPU_FLOAT_COLUMNS
+from runwire.proto.contract import GPU_FLOAT_FIELDS
 from runwire.ingest.validate import InvalidEnvelope, validate
 from runwire import wire
 from runwire.proto import telemetry_pb2 as pb
@@ -29,7 +30,7 @@ def metrics(n: int = 3, **ident) -> pb.Envelope:
 def drop_last(env: pb.Envelope, column: str) -> None:
     """Remove the last point of one packed metric column."""
     raw = getattr(env.metrics, column)
-    setattr(env.metrics, column, raw[: len(raw) - wire.METRIC_COLUMNS[column][1]])
+    setattr(env.metrics, column, raw[: len(raw) - contract.METRIC_COLUMNS[column].size])
 
 
 def gpu(n: int = 2) -> pb.Envelope:
@@ -41,7 +42,7 @@ def gpu(n: int = 2) -> pb.Envelope:
     g.gpu_names.extend(["H100", "H100"])
     g.gpu_ref.extend([i % 2 for i in range(n)])
     g.timestamps_ns.extend(range(n))
-    for name in GPU_FLOAT_COLUMNS:
+    for name in GPU_FLOAT_FIELDS:
         getattr(g, name).extend([float("nan")] * n)
     g.throttle_reasons.extend([0] * n)
     g.xid.extend([0] * n)
@@ -128,7 +129,7 @@ def test_values_beyond_avro_int_and_long_are_rejected():
 
 
 def test_exactly_max_rows_passes_and_one_more_is_rejected():
-    n = v.MAX_ROWS
+    n = contract.MAX_ROWS
     env = pb.Envelope(seq=1, identity=identity())
     env.metrics.CopyFrom(wire.metric_batch(["loss"], [0] * n, [0] * n, [0] * n, [0.0] * n))
     validate(env)
@@ -219,7 +220,7 @@ def test_name_index_past_names_is_rejected():
 # --- GPU samples ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("column", [c for c in v.GPU_SAMPLE_COLUMNS if c != "gpu_ref"])
+@pytest.mark.parametrize("column", [c for c in list(contract.GPU_COLUMNS) if c != "gpu_ref"])
 def test_gpu_sample_columns_must_have_equal_lengths(column):
     env = gpu()
     del getattr(env.gpu, column)[-1]
@@ -228,9 +229,9 @@ def test_gpu_sample_columns_must_have_equal_lengths(column):
 
 def test_gpu_sample_columns_cover_the_contract():
     sample_fields = {f.name for f in pb.GpuBatch.DESCRIPTOR.fields if f.number >= 10}
-    assert set(v.GPU_SAMPLE_COLUMNS) == sample_fields
+    assert set(list(contract.GPU_COLUMNS)) == sample_fields
     metric_fields = {f.name for f in pb.MetricBatch.DESCRIPTOR.fields if f.name != "names"}
-    assert set(v.METRIC_POINT_COLUMNS) == metric_fields
+    assert set(list(contract.METRIC_COLUMNS)) == metric_fields
 
 
 def test_too_many_gpu_samples_are_rejected(monkeypatch):
@@ -282,9 +283,9 @@ def test_map_keys_are_checked(make, field, bad_key):
 @pytest.mark.parametrize("make, field", MAP_FIELDS)
 def test_map_values_are_limited(make, field):
     env = make()
-    _map_of(env, field)["big"] = "v" * (v.MAX_VALUE_LEN + 1)
+    _map_of(env, field)["big"] = "v" * (contract.MAX_VALUE_LEN + 1)
     message = rejects(env, f"{field}['big']:")
-    assert str(v.MAX_VALUE_LEN) in message
+    assert str(contract.MAX_VALUE_LEN) in message
 
 
 def test_long_map_key_is_shortened_in_the_message():

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Iterable, Sequence
 
-from runwire.gpu import GpuSample, encode_gpu_batch
+from runwire.gpu_wire import GpuSample, encode_gpu_batch
 from runwire.ingest import codec
 from runwire.proto import telemetry_pb2 as pb
 from runwire.wire import metric_batch

@@ -5,6 +5,8 @@ reported together. Fields marked secret never appear in repr or errors."""
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any, TypeVar
@@ -14,8 +16,28 @@ from runwire.proto.auth import parse_tokens
 T = TypeVar("T")
 
 
+# One exit-code policy for every `runwire` command (documented in `runwire --help`).
+EXIT_OK = 0
+EXIT_FAILURE = 1  # a runtime or connection failure: the server is down, the write failed
+EXIT_USAGE = 2    # the command cannot work as given: bad arguments, settings, filter or run id
+
+# RUNWIRE_* variables that are read directly, not through a settings dataclass.
+OTHER_VARIABLES = frozenset({
+    "RUNWIRE_RUN_ID", "RUNWIRE_HOST", "RUNWIRE_FAKE_NVML", "RUNWIRE_FAKE_GPUS", "RUNWIRE_TEST_INFRA",
+    "RUNWIRE_REQUIRE_INFRA", "RUNWIRE_HOME", "RUNWIRE_TOKENS",
+})
+_known_settings: set[str] = set(OTHER_VARIABLES)  # grows with every settings class built
+_warned: set[str] = set()
+log = logging.getLogger("runwire")
+
+
 class ConfigError(ValueError):
     """Every problem found in one configuration, one per line."""
+
+
+class UsageError(Exception):
+    """A command that cannot work as given (exit status EXIT_USAGE); the message says what to
+    change."""
 
 
 def secret(default: Any = "", default_factory: Any = None) -> Any:
@@ -53,6 +75,7 @@ def build(cls: type[T], overrides: Mapping[str, Any] | None = None, env: Mapping
     env = os.environ if env is None else env
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    _warn_near_misses(cls, {prefix + name.upper() for name in fields}, env, prefix)
     errors = [f"unknown setting {key!r}" for key in overrides if key not in fields]
     values: dict[str, Any] = {}
     for name, field in fields.items():
@@ -79,3 +102,17 @@ def build(cls: type[T], overrides: Mapping[str, Any] | None = None, env: Mapping
     if errors:
         raise ConfigError("; ".join(errors))
     return instance
+
+
+def _warn_near_misses(cls: type, names: set[str], env: Mapping[str, str], prefix: str) -> None:
+    """Warn (once per variable) about a RUNWIRE_* variable that no settings class knows and that
+    looks like one of `cls`'s: RUNWIRE_GATEWY would otherwise silently leave the default."""
+    _known_settings.update(names)
+    for variable in env:
+        if not variable.startswith(prefix) or variable in _known_settings or variable in _warned:
+            continue
+        close = difflib.get_close_matches(variable, sorted(names), n=1, cutoff=0.8)
+        if close:
+            _warned.add(variable)
+            log.warning("runwire: %s is not one of the %s settings and is ignored here; did you mean %s?",
+                        variable, cls.__name__, close[0])

@@ -2,7 +2,7 @@
 
 Used by the unit tests and by the demo (simulated GPUs on simulated nodes)::
 
-    from runwire.testing.fake_nvml import FakeNvml, FakeGpu
+    from runwire.simulated_nvml import FakeNvml, FakeGpu
 
     nvml = FakeNvml.h100_node(n_gpus=8, node_seed=3)       # an HGX H100 node, training
     sampler = GpuSampler(sink, nvml=nvml)

@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 $(UI_BUNDLE): $(UI_SOURCES)
+	@command -v npm >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }
 	cd storage/ui/frontend && npm ci --no-audit --no-fund --loglevel=error && npm run build --silent
 
 ui-assets: $(UI_BUNDLE)

@@ -288,3 +288,26 @@ def test_fleet_and_alerts_pages(page):
     page.goto("/#/alerts")
     page.wait_for_selector("#alerts")
     screenshot(page, "alerts")
+
+
+def test_login_page_when_tokens_are_configured(browser, stack_data):
+    from runwire.storage.client import connect
+    from runwire.storage.ui.app import create_app
+    from runwire.storage.ui.server import UIServer
+
+    url, database = stack_data[1].clickhouse_url, stack_data[0].database
+    app = create_app(lambda: connect(url, database, create=False, autogenerate_session_id=False),
+                     tokens={"demo": "demo-secret"})
+    with UIServer(app, "127.0.0.1:0") as server:
+        context = browser.new_context(base_url=server.url)
+        page = context.new_page()
+        page.goto("/#/runs")
+        page.wait_for_selector("form.login")
+        page.fill("form.login input", "wrong")
+        page.click("form.login button")
+        page.wait_for_selector("form.login")  # still asking
+        page.fill("form.login input", "demo-secret")
+        page.click("form.login button")
+        page.wait_for_selector(f"#runs tr[data-run='{RUN_A}']")
+        screenshot(page, "runs-after-login")
+        context.close()

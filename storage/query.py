@@ -766,25 +766,27 @@ class RunQueries:
         elif project is not None:
             scope, params["scope"] = " WHERE project IN {scope:Array(String)}", sorted(project)
         also = scope.replace(" WHERE", " AND")
-        metric_names = sorted(set(used["metrics"]) | set(metric_columns) | ({sort_metric} - {None}))
-        param_keys = sorted(set(used["params"]) | set(param_columns) | ({sort_param} - {None}))
-        tag_keys = sorted(set(used["tags"]) | {"user"})
+        # Phase one: which runs, in which order. It joins only what the filter and the sort read.
+        metric_names = sorted(set(used["metrics"]) | ({sort_metric} - {None}))
+        param_keys = sorted(set(used["params"]) | ({sort_param} - {None}))
+        tag_keys = sorted(set(used["tags"]) | ({"user"} if sort == "user" else set()))
         params.update(metric_names=metric_names, param_keys=param_keys, tag_keys=tag_keys)
         empty_s, empty_f = "CAST(map(), 'Map(String, String)')", "CAST(map(), 'Map(String, Float64)')"
-        joins = [
-            "LEFT JOIN (SELECT project, run_id, count() AS ranks, uniqExact(host) AS n_hosts, "
-            f"arraySort(groupUniqArray(toString(host))) AS hosts FROM run_ranks FINAL{scope} "
-            "GROUP BY project, run_id) AS k ON k.project = r.project AND k.run_id = r.run_id",
-            "LEFT JOIN (SELECT project, run_id, mapFromArrays(groupArray(key), groupArray(value)) AS kv "
-            f"FROM tags FINAL WHERE key IN {{tag_keys:Array(String)}}{also} GROUP BY project, run_id) AS t "
-            "ON t.project = r.project AND t.run_id = r.run_id"]
-        params_map = metrics_maps = None
-        if param_keys:
-            joins.append(
-                "LEFT JOIN (SELECT project, run_id, mapFromArrays(groupArray(key), groupArray(value)) AS kv "
-                f"FROM params FINAL WHERE key IN {{param_keys:Array(String)}}{also} GROUP BY project, run_id) AS pk "
-                "ON pk.project = r.project AND pk.run_id = r.run_id")
-            params_map = "pk.kv"
+        joins, maps = [], {"params": empty_s, "tags": empty_s, "metrics": empty_f, "metrics_min": empty_f,
+                           "metrics_max": empty_f, "ranks": "toUInt64(0)", "n_hosts": "toUInt64(0)"}
+        if sort in ("ranks", "hosts"):
+            joins.append("LEFT JOIN (SELECT project, run_id, count() AS ranks, uniqExact(host) AS n_hosts "
+                         f"FROM run_ranks FINAL{scope} GROUP BY project, run_id) AS k "
+                         "ON k.project = r.project AND k.run_id = r.run_id")
+            maps.update(ranks="k.ranks", n_hosts="k.n_hosts")
+        for table, keys, alias in (("params", param_keys, "pk"), ("tags", tag_keys, "tk")):
+            if keys:
+                joins.append(
+                    "LEFT JOIN (SELECT project, run_id, mapFromArrays(groupArray(key), groupArray(value)) AS kv "
+                    f"FROM {table} FINAL WHERE key IN {{{table[:-1]}_keys:Array(String)}}{also} "
+                    f"GROUP BY project, run_id) AS {alias} ON {alias}.project = r.project AND {alias}.run_id = r.run_id")
+                maps[table] = f"{alias}.kv"
+        params["param_keys"], params["tag_keys"] = param_keys, tag_keys
         if metric_names:
             inner = self._summary_sql("name IN {metric_names:Array(String)}" + also)
             joins.append(
@@ -792,17 +794,15 @@ class RunQueries:
                 "mapFromArrays(groupArray(name), groupArray(min)) AS kv_min, "
                 "mapFromArrays(groupArray(name), groupArray(max)) AS kv_max "
                 f"FROM ({inner}) GROUP BY project, run_id) AS m ON m.project = r.project AND m.run_id = r.run_id")
-            metrics_maps = ("m.kv", "m.kv_min", "m.kv_max")
-        last, lo, hi = metrics_maps or (empty_f, empty_f, empty_f)
+            maps.update(metrics="m.kv", metrics_min="m.kv_min", metrics_max="m.kv_max")
         sql = (
-            "SELECT project, run_id, name, status, start_time, end_time, duration_s, user, ranks, hosts, "
-            "params, metrics, metrics_min, metrics_max, count() OVER () AS total FROM ("
+            "SELECT project, run_id, name, status, start_time, end_time, duration_s, count() OVER () AS total FROM ("
             " SELECT toString(r.project) AS project, r.run_id AS run_id, r.name AS name, toString(r.status) AS status,"
             " r.start_time AS start_time, r.end_time AS end_time,"
             " dateDiff('millisecond', r.start_time, if(r.end_time IS NULL, now64(6), assumeNotNull(r.end_time)))"
-            " / 1000 AS duration_s, t.kv['user'] AS user, k.ranks AS ranks, k.n_hosts AS n_hosts, k.hosts AS hosts,"
-            f" {params_map or empty_s} AS params, t.kv AS tags, {last} AS metrics, {lo} AS metrics_min,"
-            f" {hi} AS metrics_max"
+            f" / 1000 AS duration_s, {maps['tags']}['user'] AS user, {maps['ranks']} AS ranks,"
+            f" {maps['n_hosts']} AS n_hosts, {maps['params']} AS params, {maps['tags']} AS tags,"
+            f" {maps['metrics']} AS metrics, {maps['metrics_min']} AS metrics_min, {maps['metrics_max']} AS metrics_max"
             f" FROM (SELECT project, run_id, name, status, start_time, end_time FROM runs FINAL{scope}) AS r "
             + " ".join(joins) +
             f") WHERE {where} ORDER BY {order}, start_time DESC, run_id "
@@ -810,17 +810,48 @@ class RunQueries:
         rows = self._query(sql, params)
         total = int(rows[0]["total"]) if rows else (
             0 if offset == 0 else self._count_matching(sql, params))
+        return {"total": total, "runs": self._page_details(rows, metric_columns, param_columns)}
+
+    def _page_details(self, rows: list[dict], metric_columns: list[str], param_columns: list[str]) -> list[dict]:
+        """Phase two of runs_page: ranks, hosts, user and the chosen columns of the page's runs
+        (read by their sorting-key prefix)."""
+        if not rows:
+            return []
+        pairs = [(r["project"], r["run_id"]) for r in rows]
+        params = {"ps": sorted({p for p, _ in pairs}), "rs": sorted({r for _, r in pairs}),
+                  "keys": sorted(set(param_columns)), "user": ["user"]}
+        scope = "project IN {ps:Array(String)} AND run_id IN {rs:Array(String)}"
+        extra = self._query(
+            "SELECT 'ranks' AS kind, toString(project) AS project, run_id, toString(host) AS key, '' AS value "
+            f"FROM run_ranks FINAL WHERE {scope} "
+            "UNION ALL SELECT 'params' AS kind, toString(project) AS project, run_id, key, value FROM params FINAL "
+            f"WHERE {scope} AND key IN {{keys:Array(String)}} "
+            "UNION ALL SELECT 'tags' AS kind, toString(project) AS project, run_id, key, value FROM tags FINAL "
+            f"WHERE {scope} AND key IN {{user:Array(String)}}", params)
+        hosts: dict[tuple, list[str]] = {}
+        kv: dict[tuple, dict[str, str]] = {}
+        users: dict[tuple, str] = {}
+        for row in extra:
+            key = (row["project"], row["run_id"])
+            if row["kind"] == "ranks":
+                hosts.setdefault(key, []).append(row["key"])
+            elif row["kind"] == "params":
+                kv.setdefault(key, {})[row["key"]] = row["value"]
+            else:
+                users[key] = row["value"]
+        summaries = self._metric_summaries(pairs, names=metric_columns) if metric_columns else {}
         out = []
         for row in rows:
+            key = (row["project"], row["run_id"])
+            metrics = summaries.get(key, {})
             out.append({
                 "run_id": row["run_id"], "project": row["project"], "name": row["name"], "status": row["status"],
-                "user": row["user"], "start_time": _utc(row["start_time"]), "end_time": _utc(row["end_time"]),
-                "duration_s": row["duration_s"], "ranks": int(row["ranks"]), "hosts": list(row["hosts"]),
-                "metrics": {n: {"last": row["metrics"][n], "min": row["metrics_min"].get(n),
-                                "max": row["metrics_max"].get(n)} for n in metric_columns if n in row["metrics"]},
-                "params": {k: row["params"][k] for k in param_columns if k in row["params"]},
+                "user": users.get(key, ""), "start_time": _utc(row["start_time"]), "end_time": _utc(row["end_time"]),
+                "duration_s": row["duration_s"], "ranks": len(hosts.get(key, [])), "hosts": sorted(set(hosts.get(key, []))),
+                "metrics": {n: {s: metrics[n][s] for s in ("last", "min", "max")} for n in metric_columns if n in metrics},
+                "params": {k: kv[key][k] for k in param_columns if k in kv.get(key, {})},
             })
-        return {"total": total, "runs": out}
+        return out
 
     def _count_matching(self, page_sql: str, params: dict) -> int:
         """How many runs a runs_page query matches (when its page came back empty)."""
@@ -842,20 +873,20 @@ class RunQueries:
 
     def curves(self, run_ids: str | Sequence[str], metrics: Sequence[str] | None = None, x: str = "step",
                buckets: int = 1000, lo: float | None = None, hi: float | None = None, per_rank: bool = False,
-               project: str | None = None) -> dict:
+               project: str | None = None, where_extremes: bool = True) -> dict:
         """Chart data for every metric (or ``metrics``) of one run or several (compare): each
         series cut into at most ``buckets`` equal buckets of x (step, or time in epoch ms),
         keeping per bucket the min and max over all ranks with the rank and step where they
         occurred, the mean over the ranks' points and the x of its last point, so that a spike
-        is never averaged away. lo/hi: the x range (a zoom); without them each metric's whole
-        range. Every run of a metric shares its buckets, so compared runs line up; a bucket that
+        is never averaged away. lo/hi: the x range (a zoom). Compared runs line up; a bucket that
         holds one step carries the stored points themselves (full resolution). per_rank: also
-        each rank's line (its last value per bucket).
+        each rank's line (its last value per bucket). where_extremes=False leaves out the rank
+        and step of each min and max (about half the work; compare charts do not show them).
 
         Returns {metric: {"lo", "hi", "width" (x units per bucket), "runs": {run_id: {"x",
         "min", "max", "mean", "min_rank", "min_step", "max_rank", "max_step", "count",
         "ranks" (per_rank: {rank: {"x", "min", "max", "last"}})}}}}; lists are columns.
-        One round trip for the bounds, one per level (band, per rank), read as Arrow columns."""
+        One round trip for the range, one per level (band, per rank), read as Arrow columns."""
         if x not in ("step", "time"):
             raise QueryError(f"x must be 'step' or 'time', got {x!r}")
         buckets = _positive_int(buckets, "buckets")
@@ -873,36 +904,35 @@ class RunQueries:
         if hi is not None:
             params["hi"] = int(math.ceil(hi))
             where += f" AND {key} <= {{hi:Int64}}"
-        bounds = self._query(f"SELECT toString(name) AS name, min({key}) AS lo, max({key}) AS hi FROM metrics "
-                             f"WHERE {where} GROUP BY name ORDER BY name", params)
-        if not bounds:
+        # One bucketing for all metrics and runs: their charts share the x axis, and no per-point
+        # lookup of a metric's own origin is needed (that doubled the query's time).
+        found = self._query(f"SELECT count() AS n, min({key}) AS lo, max({key}) AS hi FROM metrics WHERE {where}",
+                            params)[0]
+        if not found["n"]:
             return {}
+        lo_, hi_ = int(params.get("lo", found["lo"])), int(params.get("hi", found["hi"]))
+        params.update(b_lo=lo_, b_w=max(1, (hi_ - lo_) // buckets + 1))
+        bucket = f"{{b_lo:Int64}} + intDiv({key} - {{b_lo:Int64}}, {{b_w:Int64}}) * {{b_w:Int64}} AS b"
         out: dict[str, dict] = {}
-        for b in bounds:
-            lo_, hi_ = int(params.get("lo", b["lo"])), int(params.get("hi", b["hi"]))
-            out[b["name"]] = {"lo": lo_, "hi": hi_, "width": max(1, (hi_ - lo_) // buckets + 1), "runs": {}}
-        params.update(b_names=list(out), b_los=[m["lo"] for m in out.values()],
-                      b_widths=[m["width"] for m in out.values()])
-        # Per point: its metric's bucket origin and width, then its bucket.
-        bucket = (f"transform(toString(name), {{b_names:Array(String)}}, {{b_los:Array(Int64)}}, toInt64(0)) AS b_lo, "
-                  f"transform(toString(name), {{b_names:Array(String)}}, {{b_widths:Array(Int64)}}, toInt64(1)) AS b_w, "
-                  f"b_lo + intDiv({key} - b_lo, b_w) * b_w AS b")
+        extremes = ("argMin((rank, step), value) AS at_min, argMax((rank, step), value) AS at_max, "
+                    "at_min.1 AS min_rank, at_min.2 AS min_step, at_max.1 AS max_rank, at_max.2 AS max_step, "
+                    if where_extremes else "")
         band = self._columns(
             f"SELECT run_id, toString(name) AS metric, {bucket}, max({key}) AS x, min(value) AS min, "
-            "max(value) AS max, argMin((rank, step), value) AS at_min, argMax((rank, step), value) AS at_max, "
-            "at_min.1 AS min_rank, at_min.2 AS min_step, at_max.1 AS max_rank, at_max.2 AS max_step, "
-            f"avg(value) AS mean, count() AS count FROM metrics WHERE {where} "
-            "GROUP BY run_id, metric, b ORDER BY run_id, metric, b", params)
-        columns = ("x", "min", "max", "mean", "min_rank", "min_step", "max_rank", "max_step", "count")
+            f"max(value) AS max, {extremes}avg(value) AS mean, count() AS count FROM metrics WHERE {where} "
+            "GROUP BY run_id, name, b ORDER BY run_id, metric, b", params)
+        columns = ("x", "min", "max", "mean", "count") + (
+            ("min_rank", "min_step", "max_rank", "max_step") if where_extremes else ())
         for (run_id, metric), rows in _runs_of(band):
-            out[metric]["runs"][run_id] = {c: band[c][rows] for c in columns}
+            chart = out.setdefault(metric, {"lo": lo_, "hi": hi_, "width": params["b_w"], "runs": {}})
+            chart["runs"][run_id] = {c: band[c][rows] for c in columns}
         if per_rank:
             lines = self._columns(
                 f"SELECT run_id, toString(name) AS metric, rank, {bucket}, max({key}) AS x, min(value) AS min, "
                 f"max(value) AS max, argMax(value, {key}) AS last FROM metrics WHERE {where} "
-                "GROUP BY run_id, metric, rank, b ORDER BY run_id, metric, rank, b", params)
+                "GROUP BY run_id, name, rank, b ORDER BY run_id, metric, rank, b", params)
             for (run_id, metric, rank), rows in _runs_of(lines, ("run_id", "metric", "rank")):
-                series = out[metric]["runs"].get(run_id)
+                series = out.get(metric, {"runs": {}})["runs"].get(run_id)
                 if series is not None:
                     series.setdefault("ranks", {})[int(rank)] = {c: lines[c][rows] for c in ("x", "min", "max", "last")}
         return out
@@ -946,36 +976,42 @@ class RunQueries:
         return sorted(gpus.values(), key=lambda g: (g["host"], g["gpu_index"], g["gpu_uuid"]))
 
     def fleet(self, project: str | Sequence[str] | None = None, window_s: float = 600, until=None) -> list[dict]:
-        """Every GPU that reported in the last ``window_s`` seconds (the running jobs' GPUs):
-        [{project, host, gpu_uuid, gpu_index, gpu_name, run_id, rank, last_seen, temperature_c
-        (latest), max_temperature_c (in the window), memory_used_bytes, memory_total_bytes,
-        headroom_bytes, gpu_utilization_pct, power_w, throttle_reasons (OR over the window)}],
-        hottest first."""
+        """Every GPU that reported in the last ``window_s`` seconds (the running jobs' GPUs),
+        hottest first: [{project, host, gpu_uuid, gpu_index, gpu_name, run_id, rank, last_seen,
+        temperature_c, memory_used_bytes, gpu_utilization_pct (mean), power_w: the maxima of
+        its latest minute; max_temperature_c over the window, memory_total_bytes,
+        headroom_bytes, throttle_reasons (OR over the window)}]. Reads the per-minute rollup;
+        the run, rank, index and name from the samples of the newest three minutes (None for a GPU
+        that had stopped by then)."""
         lo, hi = self._window(window_s, until)
-        params: dict[str, Any] = {"lo": lo, "hi": hi}
-        where = ("ts >= fromUnixTimestamp64Milli({lo:Int64}, 'UTC') AND ts <= fromUnixTimestamp64Milli({hi:Int64}, 'UTC')")
+        params: dict[str, Any] = {"lo": lo // 60_000 * 60, "hi": hi // 1000}
+        where = "minute >= toDateTime({lo:UInt32}, 'UTC') AND minute <= toDateTime({hi:UInt32}, 'UTC')"
         if isinstance(project, str):
             where, params["p"] = "project = {p:String} AND " + where, project
         elif project is not None:
             where, params["p"] = "project IN {p:Array(String)} AND " + where, sorted(project)
         rows = self._query(
             "SELECT toString(project) AS project, toString(host) AS host, toString(gpu_uuid) AS gpu_uuid, "
-            "min(gpu_index) AS gpu_index, toString(any(gpu_name)) AS gpu_name, argMax(run_id, ts) AS run_id, "
-            "argMax(rank, ts) AS last_rank, max(ts) AS last_seen, argMax(temperature_c, ts) AS cur_temperature_c, "
-            "max(temperature_c) AS max_temperature_c, argMax(memory_used_bytes, ts) AS cur_memory_used_bytes, "
-            "max(memory_total_bytes) AS total_bytes, argMax(gpu_utilization_pct, ts) AS cur_gpu_utilization_pct, "
-            "argMax(power_w, ts) AS cur_power_w, groupBitOr(throttle_reasons) AS throttle_bits "
-            f"FROM gpu_samples WHERE {where} GROUP BY project, host, gpu_uuid "
-            "ORDER BY max_temperature_c DESC, host, gpu_index", params)
-        renames = {"last_rank": "rank", "cur_temperature_c": "temperature_c", "cur_memory_used_bytes": "memory_used_bytes",
-                   "total_bytes": "memory_total_bytes", "cur_gpu_utilization_pct": "gpu_utilization_pct",
-                   "cur_power_w": "power_w", "throttle_bits": "throttle_reasons"}
-        rows = [{renames.get(k, k): v for k, v in row.items()} for row in rows]
-        for row in rows:
-            row["last_seen"] = _utc(row["last_seen"])
-            row["run_id"] = str(row["run_id"])
+            "max(m_temp) AS max_temperature_c, argMax(m_temp, minute) AS temperature_c, "
+            "argMax(m_mem, minute) AS memory_used_bytes, max(m_total) AS memory_total_bytes, "
+            "argMax(m_util, minute) AS gpu_utilization_pct, argMax(m_power, minute) AS power_w, "
+            "groupBitOr(m_throttle) AS throttle_reasons, toUnixTimestamp(max(minute)) AS last_minute FROM ("
+            " SELECT project, host, gpu_uuid, minute, max(max_temperature_c) AS m_temp,"
+            " max(max_memory_used_bytes) AS m_mem, max(memory_total_bytes) AS m_total,"
+            " sum(sum_gpu_utilization) / sum(samples) AS m_util, max(max_power_w) AS m_power,"
+            f" groupBitOr(throttle_reasons_any) AS m_throttle FROM gpu_samples_1m WHERE {where}"
+            " GROUP BY project, host, gpu_uuid, minute) "
+            "GROUP BY project, host, gpu_uuid ORDER BY max_temperature_c DESC, host, gpu_uuid", params, _IN_ORDER)
+        if not rows:
+            return []
+        newest_ms = (max(r.pop("last_minute") for r in rows) + 60) * 1000
+        out = []
+        for row in self._with_last_run(rows, max(lo, newest_ms - 180_000), min(hi, newest_ms)):
+            row["run_id"], row["rank"] = row.pop("last_run_id"), row.pop("last_rank")
+            row["run_id"] = None if row["run_id"] is None else str(row["run_id"])
             row["headroom_bytes"] = row["memory_total_bytes"] - row["memory_used_bytes"]
-        return rows
+            out.append(row)
+        return out
 
     def alerts_list(self, project: str | Sequence[str] | None = None, run_id: str | None = None,
                     state: str | None = None, limit: int = 200) -> list[dict]:

@@ -18,6 +18,7 @@ API (GET only; JSON; times ISO 8601 UTC; NaN and infinities as the strings "NaN"
     /api/v1/compare?run=A&run=B...&x=&buckets=&metric=
                                            up to 20 runs: runs, params (those that differ),
                                            all_params, summary (last/min/max per metric), curves
+                                           (x, min, max, mean, count per run)
     /api/v1/fleet?project=&window_s=       every GPU seen in the window, hottest first
     /api/v1/alerts?project=&state=open|resolved&limit=
 
@@ -208,12 +209,13 @@ def create_app(connect: Callable[[], object], tokens: Mapping[str, str] | None =
         project = run_project(request, run_id)
         return _curves(request, [run_id], project)
 
-    def _curves(request, run_ids, project):
+    def _curves(request, run_ids, project, where_extremes=True):
         x = request.query_params.get("x", "step")
         metrics = request.query_params.getlist("metric") or None
         data = queries().curves(run_ids, metrics=metrics, x=x, buckets=_int_arg(request, "buckets", 1000, 1, MAX_BUCKETS),
                                 lo=_float_arg(request, "lo"), hi=_float_arg(request, "hi"),
-                                per_rank=_bool_arg(request, "per_rank"), project=project)
+                                per_rank=_bool_arg(request, "per_rank"), project=project,
+                                where_extremes=where_extremes)
         for metric in data.values():
             for series in metric["runs"].values():
                 for column in ("min", "max", "mean"):
@@ -244,7 +246,7 @@ def create_app(connect: Callable[[], object], tokens: Mapping[str, str] | None =
         project = next(iter(projects.values())) if len(set(projects.values())) == 1 else None
         result = queries().compare(run_ids, project=project)
         result["summary"] = result.pop("metrics")  # final/best per metric; "metrics" holds the curves
-        result.update(_curves(request, run_ids, project))
+        result.update(_curves(request, run_ids, project, where_extremes=False))  # the overlay shows means
         return result
 
     def fleet(request):

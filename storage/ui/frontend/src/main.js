@@ -519,7 +519,7 @@ async function fleetPage() {
       el("h2", {}, "Hottest GPUs"),
       el("table", { id: "hottest" }, el("tr", {}, ...["host", "gpu", "run", "rank", "now °C", "max °C", "memory used", "util %", "power W", "throttle"].map((h) => el("th", {}, h))),
         ...hottest.map((g) => el("tr", {}, el("td", {}, g.host), el("td", {}, `${g.gpu_index} ${g.gpu_name}`),
-          el("td", {}, el("a", { href: `#/run/${encodeURIComponent(g.run_id)}` }, g.run_id)), el("td", { class: "num" }, g.rank),
+          el("td", {}, g.run_id ? el("a", { href: `#/run/${encodeURIComponent(g.run_id)}` }, g.run_id) : ""), el("td", { class: "num" }, g.rank ?? ""),
           el("td", { class: "num" }, fmt(g.temperature_c)), el("td", { class: "num" }, fmt(g.max_temperature_c)),
           el("td", { class: "num" }, `${fmtBytes(g.memory_used_bytes)} / ${fmtBytes(g.memory_total_bytes)}`),
           el("td", { class: "num" }, fmt(g.gpu_utilization_pct)), el("td", { class: "num" }, fmt(g.power_w)),

@@ -49,20 +49,28 @@ def test_record_round_trip_and_stale_records(home):
     assert not path.exists()
 
 
-def test_resolve_url_order(home, monkeypatch):
-    from runwire.storage.client import resolve_url
+def test_commands_find_the_local_stack(home, monkeypatch, capsys):
+    import argparse
 
-    said = []
-    assert resolve_url(None, said.append) is None and said == []
+    from runwire.proto.config import UsageError
+    from runwire.storage.client import clickhouse_target
+
+    def target(url=None):
+        return clickhouse_target(argparse.Namespace(clickhouse_url=url, database=None)).clickhouse_url
+
+    with pytest.raises(UsageError, match="runwire up"):
+        target()
     (home / "clickhouse").mkdir(parents=True)
-    assert resolve_url(None, said.append) == f"chdb://{home / 'clickhouse'}"
-    assert "local store" in said[-1]
+    assert target() == f"chdb://{home / 'clickhouse'}"
+    assert "local store" in capsys.readouterr().err
     localstack.write_record(clickhouse_url="http://127.0.0.1:7", gateway="127.0.0.1:8")
-    assert resolve_url(None, said.append) == "http://127.0.0.1:7"
-    assert "local stack" in said[-1] and "stack.json" in said[-1]
+    assert target() == "http://127.0.0.1:7"
+    err = capsys.readouterr().err
+    assert "using the local stack's ClickHouse at http://127.0.0.1:7" in err and "stack.json" in err
     monkeypatch.setenv("RUNWIRE_CLICKHOUSE_URL", "http://env:1")
-    assert resolve_url(None, said.append) == "http://env:1"
-    assert resolve_url("http://given:2", said.append) == "http://given:2"
+    assert target() == "http://env:1"
+    assert target("http://given:2") == "http://given:2"
+    assert capsys.readouterr().err == ""  # named: nothing to announce
 
 
 def test_emitter_defaults_to_the_local_stack_gateway(home, monkeypatch, capsys):

@@ -885,7 +885,8 @@ class RunQueries:
 
         Returns {metric: {"lo", "hi", "width" (x units per bucket), "runs": {run_id: {"x",
         "min", "max", "mean", "min_rank", "min_step", "max_rank", "max_step", "count",
-        "ranks" (per_rank: {rank: {"x", "min", "max", "last"}})}}}}; lists are columns.
+        "ranks" (per_rank: {rank: {"x", "min", "max", "last"}})}}}}: numpy arrays (NaN where a
+        bucket's values were all NaN).
         One round trip for the range, one per level (band, per rank), read as Arrow columns."""
         if x not in ("step", "time"):
             raise QueryError(f"x must be 'step' or 'time', got {x!r}")
@@ -937,11 +938,10 @@ class RunQueries:
                     series.setdefault("ranks", {})[int(rank)] = {c: lines[c][rows] for c in ("x", "min", "max", "last")}
         return out
 
-    def _columns(self, sql: str, params: dict) -> dict[str, "_Column"]:
-        """A query's result as columns (Arrow transfer: no per-row Python objects on the way)."""
+    def _columns(self, sql: str, params: dict) -> dict:
+        """A query's result as numpy columns (Arrow transfer: no per-row Python objects)."""
         table = self.client.query_arrow(sql, parameters=params)
-        return {name: _Column(table.column(name).to_pylist()) for name in table.column_names
-                if not name.startswith("at_")}
+        return {name: table.column(name).to_numpy() for name in table.column_names if not name.startswith("at_")}
 
     def gpu_panel(self, run_id: str, buckets: int = 300, project: str | None = None) -> list[dict]:
         """Every GPU of a run over time, for its GPU panel: [{host, gpu_uuid, gpu_index,
@@ -1054,21 +1054,20 @@ class RunQueries:
         return self._resolve([run_id], project)[run_id]
 
 
-class _Column(list):
-    """A result column; indexing with a slice gives a plain list."""
-
-    def __getitem__(self, item):
-        return list.__getitem__(self, item)
-
-
 def _runs_of(columns: dict, keys: tuple[str, ...] = ("run_id", "metric")):
     """((key values), slice) for each run of equal keys in columns sorted by them."""
+    import numpy as np
+
     n = len(columns[keys[0]]) if columns else 0
-    start = 0
-    for i in range(1, n + 1):
-        if i == n or any(columns[k][i] != columns[k][start] for k in keys):
-            yield tuple(columns[k][start] for k in keys), slice(start, i)
-            start = i
+    if not n:
+        return
+    changed = np.zeros(n - 1, dtype=bool)
+    for k in keys:
+        changed |= columns[k][1:] != columns[k][:-1]
+    bounds = [0, *(np.flatnonzero(changed) + 1).tolist(), n]
+    for start, end in zip(bounds, bounds[1:]):
+        yield tuple(columns[k][start].item() if hasattr(columns[k][start], "item") else columns[k][start]
+                    for k in keys), slice(start, end)
 
 
 def _combine_ranks(per_rank: str, across_ranks: bool) -> str:

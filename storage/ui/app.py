@@ -2,7 +2,7 @@
 that uses it. Every read goes through runwire.storage.query.RunQueries.
 
 API (GET only; JSON; times ISO 8601 UTC; NaN and infinities as the strings "NaN", "Infinity",
-"-Infinity", except in chart columns where they are null):
+"-Infinity", except in chart columns (curves, gpus) where they are null):
 
     /api/v1/projects                       projects with run counts
     /api/v1/columns?project=P              metric names and param keys (column chooser)
@@ -34,6 +34,8 @@ import datetime as dt
 import json
 import math
 import threading
+
+import orjson
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -66,7 +68,10 @@ def _plain_default(value):
 
 
 def _json(value, status: int = 200) -> Response:
-    try:  # fast path: chart columns are plain numbers and None already
+    if isinstance(value, _Charts):
+        return Response(_charts_json(value), status_code=status, media_type="application/json",
+                        headers={"Cache-Control": "no-store"})
+    try:  # fast path: plain values
         body = json.dumps(value, allow_nan=False, separators=(",", ":"), default=_plain_default)
     except (ValueError, TypeError):  # NaN, Infinity, numpy scalars, ...: the careful conversion
         body = json.dumps(_jsonable(value), allow_nan=False, separators=(",", ":"))
@@ -74,9 +79,13 @@ def _json(value, status: int = 200) -> Response:
                     headers={"Cache-Control": "no-store"})
 
 
-def _chart_column(values) -> list:
-    """Chart columns: non-finite numbers become null (a gap), the rest stays as is."""
-    return [v if not isinstance(v, float) or math.isfinite(v) else None for v in values]
+class _Charts(dict):
+    """A response holding chart columns (numpy arrays): serialized by orjson, whose NaN and
+    infinities become null (a gap in the chart); everything else in it is plain already."""
+
+
+def _charts_json(value: "_Charts") -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
 
 
 def _int_arg(request: Request, name: str, default: int, lo: int = 0, hi: int | None = None) -> int:
@@ -216,22 +225,13 @@ def create_app(connect: Callable[[], object], tokens: Mapping[str, str] | None =
                                 lo=_float_arg(request, "lo"), hi=_float_arg(request, "hi"),
                                 per_rank=_bool_arg(request, "per_rank"), project=project,
                                 where_extremes=where_extremes)
-        for metric in data.values():
-            for series in metric["runs"].values():
-                for column in ("min", "max", "mean"):
-                    series[column] = _chart_column(series[column])
-                for line in series.get("ranks", {}).values():
-                    for column in ("min", "max", "last"):
-                        line[column] = _chart_column(line[column])
-        return {"x": x, "metrics": data}
+        return _Charts(x=x, metrics=data)
 
     def gpus(request):
         run_id = request.path_params["run_id"]
         project = run_project(request, run_id)
-        gpus_ = queries().gpu_panel(run_id, buckets=_int_arg(request, "buckets", 300, 1, MAX_BUCKETS), project=project)
-        for gpu in gpus_:
-            gpu["series"] = {k: _chart_column(v) for k, v in gpu["series"].items()}
-        return {"gpus": gpus_}
+        return _Charts(gpus=queries().gpu_panel(run_id, buckets=_int_arg(request, "buckets", 300, 1, MAX_BUCKETS),
+                                                project=project))
 
     def run_alerts(request):
         run_id = request.path_params["run_id"]
@@ -244,10 +244,9 @@ def create_app(connect: Callable[[], object], tokens: Mapping[str, str] | None =
             raise _ApiError(400, f"compare takes 1 to {MAX_COMPARE} runs (?run=A&run=B), got {len(run_ids)}")
         projects = {run_id: run_project(request, run_id) for run_id in run_ids}
         project = next(iter(projects.values())) if len(set(projects.values())) == 1 else None
-        result = queries().compare(run_ids, project=project)
+        result = _jsonable(queries().compare(run_ids, project=project))  # NaN as "NaN" in the tables
         result["summary"] = result.pop("metrics")  # final/best per metric; "metrics" holds the curves
-        result.update(_curves(request, run_ids, project, where_extremes=False))  # the overlay shows means
-        return result
+        return _Charts(result, **_curves(request, run_ids, project, where_extremes=False))  # overlays: means
 
     def fleet(request):
         window_s = _float_arg(request, "window_s") or 600.0

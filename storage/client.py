@@ -57,7 +57,8 @@ class ClickHouseTarget:
 def add_clickhouse_options(parser) -> None:
     """--clickhouse-url and --database, the same on every command that needs ClickHouse."""
     parser.add_argument("--clickhouse-url", default=None,
-                        help="http(s)://[user:password@]host:port or chdb:///path (default $RUNWIRE_CLICKHOUSE_URL)")
+                        help="http(s)://[user:password@]host:port or chdb:///path (default $RUNWIRE_CLICKHOUSE_URL, "
+                             "else the local stack's)")
     parser.add_argument("--database", default=None, help="database (default $RUNWIRE_CLICKHOUSE_DATABASE, else runwire)")
 
 

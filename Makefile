@@ -5,16 +5,27 @@ PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 PYTEST_ARGS ?=
+PIP_QUIET ?= -q
+# The web UI's front end: npm packages from the lockfile, bundled by esbuild into the package.
+UI_BUNDLE := storage/ui/static/app.js
+UI_SOURCES := $(wildcard storage/ui/frontend/src/*) storage/ui/frontend/index.html \
+	storage/ui/frontend/package-lock.json storage/ui/frontend/build.mjs
 
-.PHONY: install kafka-jars chromium lint-imports fuzz test test-unit demo up proto bench bench-emitter bench-e2e bench-query bench-alerts bench-streams bench-artifacts bench-mlflow clean
+.PHONY: install ui-assets kafka-jars chromium lint-imports fuzz test test-unit demo up proto bench bench-emitter bench-e2e bench-query bench-alerts bench-streams bench-artifacts bench-mlflow bench-ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
-	$(PYTHON) -m pip install -q --upgrade pip
-	$(PYTHON) -m pip install -q -e ".[server,dev]"
+	$(PYTHON) -m pip install $(PIP_QUIET) --upgrade pip
+	$(PYTHON) -m pip install $(PIP_QUIET) -e ".[server,dev]"
 	touch $(STAMP)
 
-install: $(STAMP)
+$(UI_BUNDLE): $(UI_SOURCES)
+	@command -v npm >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }
+	cd storage/ui/frontend && npm ci --no-audit --no-fund --loglevel=error && npm run build --silent
+
+ui-assets: $(UI_BUNDLE)
+
+install: $(STAMP) $(UI_BUNDLE)
 
 # The peers we compare against (wandb, MLflow) only for benchmarks.
 $(BENCH_STAMP): $(STAMP)
@@ -44,6 +55,8 @@ fuzz: install
 test-unit: install
 	$(PYTHON) -m pytest tests/unit -ra $(PYTEST_ARGS)
 
+# The demo shows pip's progress (a first install takes minutes) and leaves its run in the local store.
+demo: PIP_QUIET := --progress-bar on
 demo: install
 	$(VENV)/bin/runwire demo
 
@@ -53,7 +66,7 @@ up: install
 proto: install
 	PYTHON=$(PYTHON) scripts/gen_proto.sh
 
-bench: bench-emitter bench-e2e bench-query bench-alerts bench-streams bench-artifacts bench-mlflow
+bench: bench-emitter bench-e2e bench-query bench-alerts bench-streams bench-artifacts bench-mlflow bench-ui
 
 bench-emitter: $(BENCH_STAMP)
 	mkdir -p build/bench
@@ -82,6 +95,10 @@ bench-artifacts: $(BENCH_STAMP)
 bench-mlflow: $(BENCH_STAMP) kafka-jars
 	mkdir -p build/bench
 	$(PYTHON) bench/mlflow.py --out build/bench/mlflow.json
+
+bench-ui: $(BENCH_STAMP) $(UI_BUNDLE) chromium
+	mkdir -p build/bench
+	$(PYTHON) bench/ui.py --out build/bench/ui.json
 
 clean:
 	rm -rf build $(VENV)

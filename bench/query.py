@@ -349,19 +349,17 @@ def mlflow_comparison(server_client_factory, points: int, reps: int, warmup: int
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _mlflow_vs_runwire(tmp: str, server_client_factory, fleet: "Fleet", table: pa.Table, reps: int, warmup: int) -> dict:
-    import mlflow
+def load_mlflow(uri: str, tmp: str, fleet: "Fleet", table: pa.Table):
+    """The fleet's runs (params, tags, status) and the points of ``table`` into MLflow at
+    ``uri`` with log_batch (1,000 metrics a call): (client, experiment id, {run: MLflow run id},
+    fleet.run_rows(), seconds)."""
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
-    from runwire.storage import schema
-    from runwire.storage.query import RunQueries
-
-    runs, steps, n_points = fleet.runs, fleet.steps, table.num_rows
-    uri = f"sqlite:///{tmp}/mlflow.db"
+    runs = fleet.runs
     client = MlflowClient(tracking_uri=uri)
     experiment = client.create_experiment("bench", artifact_location=f"file://{tmp}/artifacts")
-    log(f"MLflow: loading {n_points:,} points into {uri} with log_batch (1,000 metrics a call)")
+    log(f"MLflow: loading {table.num_rows:,} points into {uri} with log_batch (1,000 metrics a call)")
     started = time.perf_counter()
     ids = {}
     columns = table.to_pydict()
@@ -387,7 +385,18 @@ def _mlflow_vs_runwire(tmp: str, server_client_factory, fleet: "Fleet", table: p
         client.set_terminated(run.info.run_id, "FINISHED" if fleet.status[i] != "FAILED" else "FAILED")
         if i % 10 == 9:
             log(f"MLflow: {i + 1} / {runs} runs ({time.perf_counter() - started:.0f} s)")
-    mlflow_load_s = time.perf_counter() - started
+    return client, experiment, ids, run_rows, time.perf_counter() - started
+
+
+def _mlflow_vs_runwire(tmp: str, server_client_factory, fleet: "Fleet", table: pa.Table, reps: int, warmup: int) -> dict:
+    import mlflow
+
+    from runwire.storage import schema
+    from runwire.storage.query import RunQueries
+
+    runs, steps, n_points = fleet.runs, fleet.steps, table.num_rows
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    client, experiment, ids, run_rows, mlflow_load_s = load_mlflow(uri, tmp, fleet, table)
 
     rw = server_client_factory("bench_mlflow_cmp")
     schema.migrate(rw)

@@ -1,10 +1,10 @@
-"""`runwire up`, `runwire demo` and `runwire migrate` (registered by runwire.deploy.cli)."""
+"""`runwire up`, `runwire demo`, `runwire migrate` and `runwire ui` (registered by runwire.deploy.cli)."""
 
 from __future__ import annotations
 
 import sys
 
-from runwire.proto.config import EXIT_FAILURE, EXIT_OK
+from runwire.proto.config import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from runwire.storage.client import add_clickhouse_options
 
 
@@ -14,13 +14,17 @@ def register(subparsers) -> None:
     p.add_argument("--duration", type=float, default=20.0, help="seconds of simulated training (default 20)")
     p.add_argument("--nodes", type=int, default=2)
     p.add_argument("--ranks-per-node", type=int, default=2)
-    p.add_argument("--data-dir", default=None, help="where ClickHouse keeps its data (default: a temp dir)")
+    p.add_argument("--data-dir", default=None,
+                   help="where ClickHouse keeps its data (default: the local store, $RUNWIRE_HOME, else "
+                        "~/.local/share/runwire, where `runwire ui` finds it)")
     p.set_defaults(func=cmd_demo)
 
     p = subparsers.add_parser("up", help="run a local stack (ClickHouse via chDB, gateway, ingest) until Ctrl-C")
     p.add_argument("--kafka", action="store_true", help="also run a local Kafka broker and go through it")
-    p.add_argument("--listen", default="127.0.0.1:50051", help="gateway address (default 127.0.0.1:50051)")
-    p.add_argument("--data-dir", default=None)
+    p.add_argument("--listen", default=None, help="gateway address (default 127.0.0.1:50051)")
+    p.add_argument("--data-dir", default=None,
+                   help="keep the data here instead of the local store ($RUNWIRE_HOME, else ~/.local/share/runwire); "
+                        "such a stack is not recorded for other commands")
     p.set_defaults(func=cmd_up)
 
     p = subparsers.add_parser("status", help="a deployment's health: gateway, Kafka topics, ingest lag, ClickHouse",
@@ -36,6 +40,10 @@ def register(subparsers) -> None:
     p.add_argument("--ttl-days", type=int, default=None, help="raw time-series retention (0 removes it)")
     p.set_defaults(func=cmd_migrate)
 
+    from runwire.deploy import ui
+
+    ui.register(subparsers)
+
 
 def cmd_up(args) -> int:
     from runwire.deploy.local.stack import LocalStack
@@ -43,12 +51,22 @@ def cmd_up(args) -> int:
     from runwire.ingest.gateway import ListenError
 
     try:
-        stack = LocalStack(data_dir=args.data_dir, kafka=args.kafka, gateway_listen=args.listen, alerts=True).start()
+        if args.data_dir:
+            stack = LocalStack(data_dir=args.data_dir, kafka=args.kafka,
+                               gateway_listen=args.listen or "127.0.0.1:50051", alerts=True).start()
+        else:
+            try:
+                stack = LocalStack.store(gateway_listen=args.listen, kafka=args.kafka, alerts=True)
+            except RuntimeError as exc:
+                print(f"runwire up: {exc}", file=sys.stderr)
+                return EXIT_USAGE
     except ListenError as exc:
         print(f"runwire up: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     try:
         print(stack.describe(), flush=True)
+        if stack.record:
+            print(f"store:      {stack.data_dir}  (commands and emitters find this stack by themselves)", flush=True)
         wait_for_stop_signal()
     finally:
         stack.stop()

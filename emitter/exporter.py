@@ -10,6 +10,7 @@ reads the disk in the common case.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import math
 import os
@@ -45,7 +46,7 @@ _DELIVERY_KEYS = frozenset({"runwire.acked", "runwire.unacked", "runwire.envelop
 class EmitterConfig:
     """Emitter settings. Each reads RUNWIRE_<NAME> when not passed to init()."""
 
-    gateway: str = "127.0.0.1:50051"     # RUNWIRE_GATEWAY: host:port of the gateway
+    gateway: str = ""                    # RUNWIRE_GATEWAY: host:port; default the local stack's, else 127.0.0.1:50051
     token: str = secret("")              # RUNWIRE_TOKEN: bearer token for the project
     tls: bool = False                    # RUNWIRE_TLS: connect with TLS (use it whenever a token is set)
     tls_ca_file: str = ""                # RUNWIRE_TLS_CA_FILE: CA bundle (PEM); default: system roots
@@ -77,7 +78,26 @@ class EmitterConfig:
 
     @classmethod
     def from_settings(cls, **overrides) -> "EmitterConfig":
-        return build(cls, overrides)
+        config = build(cls, overrides)
+        if not config.gateway:
+            config = dataclasses.replace(config, gateway=local_gateway())
+        return config
+
+
+def local_gateway() -> str:
+    """The gateway of the running local stack (`runwire up`, `runwire ui`, `runwire demo`), else
+    the default address. Says so on stderr, as trackers do ("wandb: Syncing run ..."), since
+    logging is often unconfigured in a training script."""
+    import sys
+
+    from runwire.proto import localstack
+
+    record = localstack.read_record()
+    if record and record.get("gateway"):
+        print(f"runwire: logging to the local stack's gateway {record['gateway']} ({record['path']})",
+              file=sys.stderr, flush=True)
+        return record["gateway"]
+    return f"127.0.0.1:{localstack.DEFAULT_GATEWAY_PORT}"
 
 
 @dataclass

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import grpc
 
-from runwire.proto.config import build
 from runwire.exporter import EmitterConfig, open_channel
 from runwire.proto import telemetry_pb2 as pb
 from runwire.proto.contract import EXIT_CRASHED, PUBLISH_METHOD, REJECT, classify_grpc
@@ -177,7 +176,7 @@ def sync(spool_dir: str | Path, gateway: str | None = None, token: str | None = 
 
     Rejected envelopes (INVALID_ARGUMENT) are counted and not resent: resending can never
     succeed. Storage deduplicates envelopes that were delivered before."""
-    settings = build(EmitterConfig, {"gateway": gateway, "token": token, "tls": tls, "tls_ca_file": tls_ca_file})
+    settings = EmitterConfig.from_settings(gateway=gateway, token=token, tls=tls, tls_ca_file=tls_ca_file)
     metadata = [("authorization", f"Bearer {settings.token}")] if settings.token else None
     reports = []
     with open_channel(settings) as channel:

@@ -16,7 +16,6 @@ thread-per-stream server (runwire.ingest.threaded_gateway).
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import queue
 import threading
@@ -33,6 +32,7 @@ from runwire.ingest.sinks import Sink
 from runwire.ingest.validate import InvalidEnvelope, validate
 from runwire.proto.contract import METRIC_COLUMNS, SERVICE_NAME
 from runwire.proto import telemetry_pb2 as pb
+from runwire.proto.auth import bearer_token, projects_for
 
 log = logging.getLogger("runwire.gateway")
 
@@ -127,9 +127,9 @@ class TelemetryService:
             return None
         token = ""
         for key, value in metadata or ():
-            if key == "authorization" and value.lower().startswith("bearer "):
-                token = value[7:].strip()
-        allowed = {p for p, t in self.config.tokens.items() if token and hmac.compare_digest(t.encode(), token.encode())}
+            if key == "authorization":
+                token = bearer_token(value) or token
+        allowed = projects_for(self.config.tokens, token)
         if not allowed:
             raise Abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
         return allowed

@@ -11,6 +11,8 @@ import os
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+from runwire.proto.auth import parse_tokens
+
 T = TypeVar("T")
 
 
@@ -22,7 +24,7 @@ EXIT_USAGE = 2    # the command cannot work as given: bad arguments, settings, f
 # RUNWIRE_* variables that are read directly, not through a settings dataclass.
 OTHER_VARIABLES = frozenset({
     "RUNWIRE_RUN_ID", "RUNWIRE_HOST", "RUNWIRE_FAKE_NVML", "RUNWIRE_FAKE_GPUS", "RUNWIRE_TEST_INFRA",
-    "RUNWIRE_REQUIRE_INFRA",
+    "RUNWIRE_REQUIRE_INFRA", "RUNWIRE_HOME", "RUNWIRE_TOKENS",
 })
 _known_settings: set[str] = set(OTHER_VARIABLES)  # grows with every settings class built
 _warned: set[str] = set()
@@ -59,15 +61,7 @@ def _convert(raw: str, annotation: str) -> Any:
     if kind == "float":
         return float(raw)
     if kind.startswith("dict"):
-        # "project=token,other=token2"
-        pairs = [p for p in raw.split(",") if p.strip()]
-        out = {}
-        for pair in pairs:
-            key, sep, value = pair.partition("=")
-            if not sep:
-                raise ValueError("expected key=value pairs separated by commas")
-            out[key.strip()] = value.strip()
-        return out
+        return parse_tokens(raw)  # "project=token,other=token2": the one parser of such maps
     return raw
 
 

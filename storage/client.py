@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlsplit, urlunsplit
 
 from runwire.proto.config import UsageError, build
@@ -87,7 +87,8 @@ class ClickHouseTarget:
 def add_clickhouse_options(parser) -> None:
     """--clickhouse-url and --database, the same on every command that needs ClickHouse."""
     parser.add_argument("--clickhouse-url", default=None,
-                        help="http(s)://[user:password@]host:port or chdb:///path (default $RUNWIRE_CLICKHOUSE_URL)")
+                        help="http(s)://[user:password@]host:port or chdb:///path (default $RUNWIRE_CLICKHOUSE_URL, "
+                             "else the local stack's)")
     parser.add_argument("--database", default=None, help="database (default $RUNWIRE_CLICKHOUSE_DATABASE, else runwire)")
 
 
@@ -96,8 +97,37 @@ def clickhouse_target(args) -> ClickHouseTarget:
     target = build(ClickHouseTarget, {"clickhouse_url": getattr(args, "clickhouse_url", None),
                                       "clickhouse_database": getattr(args, "database", None)})
     if not target.clickhouse_url:
-        raise UsageError("no ClickHouse: pass --clickhouse-url or set RUNWIRE_CLICKHOUSE_URL")
+        url = local_url(announce_on_stderr)
+        if not url:
+            raise UsageError("no ClickHouse: pass --clickhouse-url, set RUNWIRE_CLICKHOUSE_URL, or start the local "
+                             "stack (`runwire up`)")
+        target = replace(target, clickhouse_url=url)
     return target
+
+
+def local_url(announce=None) -> str | None:
+    """The local stack's ClickHouse when the user named none: the running local stack
+    (runwire.proto.localstack), else the local store opened in-process (``chdb://``; nothing
+    else may have it open then), else None. ``announce(message)`` is told which one."""
+    from runwire.proto import localstack
+
+    record = localstack.read_record()
+    if record and record.get("clickhouse_url"):
+        if announce:
+            announce(f"using the local stack's ClickHouse at {record['clickhouse_url']} (from {record['path']})")
+        return record["clickhouse_url"]
+    if localstack.store_exists():
+        path = localstack.clickhouse_dir()
+        if announce:
+            announce(f"using the local store {path} (no stack running; `runwire up` serves it)")
+        return f"chdb://{path}"
+    return None
+
+
+def announce_on_stderr(message: str) -> None:
+    import sys
+
+    print(f"runwire: {message}", file=sys.stderr)
 
 
 class Unreachable(ConnectionError):

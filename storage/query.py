@@ -937,6 +937,374 @@ class RunQueries:
             "ORDER BY t, step, value LIMIT 1 BY rank, step, t", parameters={"p": project, "r": run_id, "m": key})
         return [{"step": s, "timestamp": t, "value": v} for s, t, v in result.result_rows]
 
+    # --- web UI (runwire.storage.ui) ---------------------------------------------------------
+
+    def projects(self, only: Sequence[str] | None = None) -> list[dict]:
+        """Projects with runs: rows {project, runs, running}, by name. only: restrict to these."""
+        where, params = "", {}
+        if only is not None:
+            where, params = " WHERE project IN {ps:Array(String)}", {"ps": sorted(only)}
+        return self._query(
+            "SELECT toString(project) AS project, count() AS runs, countIf(status = 'RUNNING') AS running "
+            f"FROM runs FINAL{where} GROUP BY project ORDER BY project", params)
+
+    # Sortable attribute columns of the runs table -> their SQL (the only names formatted in).
+    _PAGE_SORT = {"run_id": "run_id", "name": "name", "status": "status", "start_time": "start_time",
+                  "end_time": "end_time", "duration": "duration_s", "ranks": "ranks", "hosts": "n_hosts",
+                  "user": "user", "project": "project"}
+
+    def runs_page(self, project: str | Sequence[str] | None = None, filter_string: str = "",
+                  sort: str = "start_time", descending: bool = True, offset: int = 0, limit: int = 50,
+                  metric_columns: Sequence[str] = (), param_columns: Sequence[str] = ()) -> dict:
+        """One page of the runs table, filtered (runwire.storage.filters grammar) and sorted on
+        the server: {"total": runs matching, "runs": [{run_id, project, name, status, user
+        (tag "user"), start_time, end_time, duration_s, ranks, hosts, metrics {name: {last,
+        min, max}} for metric_columns, params {key: value} for param_columns}]}.
+
+        sort: an attribute (run_id, name, status, start_time, end_time, duration, ranks, hosts,
+        user, project), ``metrics.NAME`` (its last value), ``metrics.NAME.min`` / ``.max`` /
+        ``.last``, or ``params.KEY``; runs without that value sort last. project: one project,
+        several (a token's), or None for all. Raises FilterError, QueryError."""
+        limit = _positive_int(limit, "limit")
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise QueryError(f"offset must be a non-negative integer, got {offset!r}")
+        metric_columns, param_columns = list(dict.fromkeys(metric_columns)), list(dict.fromkeys(param_columns))
+        node = _filters.parse_filter(filter_string)
+        used = _filters.referenced_keys(node)
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        where, params = _filters.compile_filter(node, params=params)
+        # The sort key -> SQL over the joined maps.
+        sort_metric = sort_param = None
+        if sort in self._PAGE_SORT:
+            order = f"{self._PAGE_SORT[sort]} {'DESC' if descending else 'ASC'} NULLS LAST"
+        elif sort.startswith("metrics.") and len(sort) > 8:
+            name, stat = sort[8:], "last"
+            for suffix in ("last", "min", "max"):
+                if name.endswith("." + suffix) and name[:-len(suffix) - 1]:
+                    name, stat = name[:-len(suffix) - 1], suffix
+                    break
+            sort_metric = name
+            params["sort_key"] = name
+            column = {"last": "metrics", "min": "metrics_min", "max": "metrics_max"}[stat]
+            order = (f"if(mapContains({column}, {{sort_key:String}}) AND NOT isNaN({column}[{{sort_key:String}}]), "
+                     f"{column}[{{sort_key:String}}], NULL) {'DESC' if descending else 'ASC'} NULLS LAST")
+        elif sort.startswith("params.") and len(sort) > 7:
+            sort_param = sort[7:]
+            params["sort_key"] = sort_param
+            order = (f"if(mapContains(params, {{sort_key:String}}), params[{{sort_key:String}}], NULL) "
+                     f"{'DESC' if descending else 'ASC'} NULLS LAST")
+        else:
+            raise QueryError(f"cannot sort by {sort!r}: expected one of {', '.join(self._PAGE_SORT)}, "
+                             "metrics.NAME[.last|.min|.max] or params.KEY")
+        scope = ""
+        if isinstance(project, str):
+            scope, params["scope"] = " WHERE project = {scope:String}", project
+        elif project is not None:
+            scope, params["scope"] = " WHERE project IN {scope:Array(String)}", sorted(project)
+        also = scope.replace(" WHERE", " AND")
+        # Phase one: which runs, in which order. It joins only what the filter and the sort read.
+        metric_names = sorted(set(used["metrics"]) | ({sort_metric} - {None}))
+        param_keys = sorted(set(used["params"]) | ({sort_param} - {None}))
+        tag_keys = sorted(set(used["tags"]) | ({"user"} if sort == "user" else set()))
+        params.update(metric_names=metric_names, param_keys=param_keys, tag_keys=tag_keys)
+        empty_s, empty_f = "CAST(map(), 'Map(String, String)')", "CAST(map(), 'Map(String, Float64)')"
+        joins, maps = [], {"params": empty_s, "tags": empty_s, "metrics": empty_f, "metrics_min": empty_f,
+                           "metrics_max": empty_f, "ranks": "toUInt64(0)", "n_hosts": "toUInt64(0)"}
+        if sort in ("ranks", "hosts"):
+            joins.append("LEFT JOIN (SELECT project, run_id, count() AS ranks, uniqExact(host) AS n_hosts "
+                         f"FROM run_ranks FINAL{scope} GROUP BY project, run_id) AS k "
+                         "ON k.project = r.project AND k.run_id = r.run_id")
+            maps.update(ranks="k.ranks", n_hosts="k.n_hosts")
+        for table, keys, alias in (("params", param_keys, "pk"), ("tags", tag_keys, "tk")):
+            if keys:
+                joins.append(
+                    "LEFT JOIN (SELECT project, run_id, mapFromArrays(groupArray(key), groupArray(value)) AS kv "
+                    f"FROM {table} FINAL WHERE key IN {{{table[:-1]}_keys:Array(String)}}{also} "
+                    f"GROUP BY project, run_id) AS {alias} ON {alias}.project = r.project AND {alias}.run_id = r.run_id")
+                maps[table] = f"{alias}.kv"
+        params["param_keys"], params["tag_keys"] = param_keys, tag_keys
+        if metric_names:
+            inner = self._summary_sql("name IN {metric_names:Array(String)}" + also)
+            joins.append(
+                "LEFT JOIN (SELECT project, run_id, mapFromArrays(groupArray(name), groupArray(last)) AS kv, "
+                "mapFromArrays(groupArray(name), groupArray(min)) AS kv_min, "
+                "mapFromArrays(groupArray(name), groupArray(max)) AS kv_max "
+                f"FROM ({inner}) GROUP BY project, run_id) AS m ON m.project = r.project AND m.run_id = r.run_id")
+            maps.update(metrics="m.kv", metrics_min="m.kv_min", metrics_max="m.kv_max")
+        sql = (
+            "SELECT project, run_id, name, status, start_time, end_time, duration_s, count() OVER () AS total FROM ("
+            " SELECT toString(r.project) AS project, r.run_id AS run_id, r.name AS name, toString(r.status) AS status,"
+            " r.start_time AS start_time, r.end_time AS end_time,"
+            " dateDiff('millisecond', r.start_time, if(r.end_time IS NULL, now64(6), assumeNotNull(r.end_time)))"
+            f" / 1000 AS duration_s, {maps['tags']}['user'] AS user, {maps['ranks']} AS ranks,"
+            f" {maps['n_hosts']} AS n_hosts, {maps['params']} AS params, {maps['tags']} AS tags,"
+            f" {maps['metrics']} AS metrics, {maps['metrics_min']} AS metrics_min, {maps['metrics_max']} AS metrics_max"
+            f" FROM (SELECT project, run_id, name, status, start_time, end_time FROM runs FINAL{scope}) AS r "
+            + " ".join(joins) +
+            f") WHERE {where} ORDER BY {order}, start_time DESC, run_id "
+            "LIMIT {limit:UInt64} OFFSET {offset:UInt64}")
+        rows = self._query(sql, params)
+        total = int(rows[0]["total"]) if rows else (
+            0 if offset == 0 else self._count_matching(sql, params))
+        return {"total": total, "runs": self._page_details(rows, metric_columns, param_columns)}
+
+    def _page_details(self, rows: list[dict], metric_columns: list[str], param_columns: list[str]) -> list[dict]:
+        """Phase two of runs_page: ranks, hosts, user and the chosen columns of the page's runs
+        (read by their sorting-key prefix)."""
+        if not rows:
+            return []
+        pairs = [(r["project"], r["run_id"]) for r in rows]
+        params = {"ps": sorted({p for p, _ in pairs}), "rs": sorted({r for _, r in pairs}),
+                  "keys": sorted(set(param_columns)), "user": ["user"]}
+        scope = "project IN {ps:Array(String)} AND run_id IN {rs:Array(String)}"
+        extra = self._query(
+            "SELECT 'ranks' AS kind, toString(project) AS project, run_id, toString(host) AS key, '' AS value "
+            f"FROM run_ranks FINAL WHERE {scope} "
+            "UNION ALL SELECT 'params' AS kind, toString(project) AS project, run_id, key, value FROM params FINAL "
+            f"WHERE {scope} AND key IN {{keys:Array(String)}} "
+            "UNION ALL SELECT 'tags' AS kind, toString(project) AS project, run_id, key, value FROM tags FINAL "
+            f"WHERE {scope} AND key IN {{user:Array(String)}}", params)
+        hosts: dict[tuple, list[str]] = {}
+        kv: dict[tuple, dict[str, str]] = {}
+        users: dict[tuple, str] = {}
+        for row in extra:
+            key = (row["project"], row["run_id"])
+            if row["kind"] == "ranks":
+                hosts.setdefault(key, []).append(row["key"])
+            elif row["kind"] == "params":
+                kv.setdefault(key, {})[row["key"]] = row["value"]
+            else:
+                users[key] = row["value"]
+        summaries = self._metric_summaries(pairs, names=metric_columns) if metric_columns else {}
+        out = []
+        for row in rows:
+            key = (row["project"], row["run_id"])
+            metrics = summaries.get(key, {})
+            out.append({
+                "run_id": row["run_id"], "project": row["project"], "name": row["name"], "status": row["status"],
+                "user": users.get(key, ""), "start_time": _utc(row["start_time"]), "end_time": _utc(row["end_time"]),
+                "duration_s": row["duration_s"], "ranks": len(hosts.get(key, [])), "hosts": sorted(set(hosts.get(key, []))),
+                "metrics": {n: {s: metrics[n][s] for s in ("last", "min", "max")} for n in metric_columns if n in metrics},
+                "params": {k: kv[key][k] for k in param_columns if k in kv.get(key, {})},
+            })
+        return out
+
+    def _count_matching(self, page_sql: str, params: dict) -> int:
+        """How many runs a runs_page query matches (when its page came back empty)."""
+        inner = page_sql[:page_sql.rindex(" ORDER BY ")]
+        return int(self._query(f"SELECT count() AS n FROM ({inner})", params)[0]["n"])
+
+    def metric_columns(self, project: str | Sequence[str] | None = None) -> dict:
+        """The metric names and param keys a project's runs have (for the column chooser):
+        {"metrics": [...], "params": [...]}."""
+        where, params = "", {}
+        if isinstance(project, str):
+            where, params = " WHERE project = {p:String}", {"p": project}
+        elif project is not None:
+            where, params = " WHERE project IN {p:Array(String)}", {"p": sorted(project)}
+        rows = self._query(
+            f"SELECT 'metrics' AS kind, toString(name) AS key FROM metrics_summary{where} GROUP BY name "
+            f"UNION ALL SELECT 'params' AS kind, key FROM params{where} GROUP BY key", params)
+        return {kind: sorted(r["key"] for r in rows if r["kind"] == kind) for kind in ("metrics", "params")}
+
+    def curves(self, run_ids: str | Sequence[str], metrics: Sequence[str] | None = None, x: str = "step",
+               buckets: int = 1000, lo: float | None = None, hi: float | None = None, per_rank: bool = False,
+               project: str | None = None, where_extremes: bool = True) -> dict:
+        """Chart data for every metric (or ``metrics``) of one run or several (compare): each
+        series cut into at most ``buckets`` equal buckets of x (step, or time in epoch ms),
+        keeping per bucket the min and max over all ranks with the rank and step where they
+        occurred, the mean over the ranks' points and the x of its last point, so that a spike
+        is never averaged away. lo/hi: the x range (a zoom). Compared runs line up; a bucket that
+        holds one step carries the stored points themselves (full resolution). per_rank: also
+        each rank's line (its last value per bucket). where_extremes=False leaves out the rank
+        and step of each min and max (about half the work; compare charts do not show them).
+
+        Returns {metric: {"lo", "hi", "width" (x units per bucket), "runs": {run_id: {"x",
+        "min", "max", "mean", "min_rank", "min_step", "max_rank", "max_step", "count",
+        "ranks" (per_rank: {rank: {"x", "min", "max", "last"}})}}}}: numpy arrays (NaN where a
+        bucket's values were all NaN).
+        One round trip for the range, one per level (band, per rank), read as Arrow columns."""
+        if x not in ("step", "time"):
+            raise QueryError(f"x must be 'step' or 'time', got {x!r}")
+        buckets = _positive_int(buckets, "buckets")
+        single = isinstance(run_ids, str)
+        projects = self._resolve([run_ids] if single else list(run_ids), project)
+        params: dict[str, Any] = {"ps": sorted(set(projects.values())), "rs": list(projects), "n": buckets}
+        where = "project IN {ps:Array(String)} AND run_id IN {rs:Array(String)}"
+        if metrics is not None:
+            params["ns"] = list(metrics)
+            where += " AND name IN {ns:Array(String)}"
+        key = "step" if x == "step" else "toUnixTimestamp64Milli(ts)"
+        if lo is not None:
+            params["lo"] = int(math.floor(lo))
+            where += f" AND {key} >= {{lo:Int64}}"
+        if hi is not None:
+            params["hi"] = int(math.ceil(hi))
+            where += f" AND {key} <= {{hi:Int64}}"
+        # One bucketing for all metrics and runs: their charts share the x axis, and no per-point
+        # lookup of a metric's own origin is needed (that doubled the query's time).
+        found = self._query(f"SELECT count() AS n, min({key}) AS lo, max({key}) AS hi FROM metrics WHERE {where}",
+                            params)[0]
+        if not found["n"]:
+            return {}
+        lo_, hi_ = int(params.get("lo", found["lo"])), int(params.get("hi", found["hi"]))
+        params.update(b_lo=lo_, b_w=max(1, (hi_ - lo_) // buckets + 1))
+        bucket = f"{{b_lo:Int64}} + intDiv({key} - {{b_lo:Int64}}, {{b_w:Int64}}) * {{b_w:Int64}} AS b"
+        out: dict[str, dict] = {}
+        extremes = ("argMin((rank, step), value) AS at_min, argMax((rank, step), value) AS at_max, "
+                    "at_min.1 AS min_rank, at_min.2 AS min_step, at_max.1 AS max_rank, at_max.2 AS max_step, "
+                    if where_extremes else "")
+        band = self._columns(
+            f"SELECT run_id, toString(name) AS metric, {bucket}, max({key}) AS x, min(value) AS min, "
+            f"max(value) AS max, {extremes}avg(value) AS mean, count() AS count FROM metrics WHERE {where} "
+            "GROUP BY run_id, name, b ORDER BY run_id, metric, b", params)
+        columns = ("x", "min", "max", "mean", "count") + (
+            ("min_rank", "min_step", "max_rank", "max_step") if where_extremes else ())
+        for (run_id, metric), rows in _runs_of(band):
+            chart = out.setdefault(metric, {"lo": lo_, "hi": hi_, "width": params["b_w"], "runs": {}})
+            chart["runs"][run_id] = {c: band[c][rows] for c in columns}
+        if per_rank:
+            lines = self._columns(
+                f"SELECT run_id, toString(name) AS metric, rank, {bucket}, max({key}) AS x, min(value) AS min, "
+                f"max(value) AS max, argMax(value, {key}) AS last FROM metrics WHERE {where} "
+                "GROUP BY run_id, name, rank, b ORDER BY run_id, metric, rank, b", params)
+            for (run_id, metric, rank), rows in _runs_of(lines, ("run_id", "metric", "rank")):
+                series = out.get(metric, {"runs": {}})["runs"].get(run_id)
+                if series is not None:
+                    series.setdefault("ranks", {})[int(rank)] = {c: lines[c][rows] for c in ("x", "min", "max", "last")}
+        return out
+
+    def _columns(self, sql: str, params: dict) -> dict:
+        """A query's result as numpy columns (Arrow transfer: no per-row Python objects)."""
+        table = self.client.query_arrow(sql, parameters=params)
+        return {name: table.column(name).to_numpy() for name in table.column_names if not name.startswith("at_")}
+
+    def gpu_panel(self, run_id: str, buckets: int = 300, project: str | None = None) -> list[dict]:
+        """Every GPU of a run over time, for its GPU panel: [{host, gpu_uuid, gpu_index,
+        gpu_name, "series": {"t" (bucket start, epoch ms), temperature_c (max),
+        memory_used_bytes (max), memory_total_bytes, power_w (max), power_limit_w,
+        gpu_utilization_pct (mean), sm_clock_mhz (min), memory_clock_mhz (min),
+        throttle_reasons (OR of the bits)}}], by host and index."""
+        buckets = _positive_int(buckets, "buckets")
+        project = self._resolve([run_id], project)[run_id]
+        where = "project = {p:String} AND run_id = {r:String}"
+        rows = self._query(
+            f"WITH (SELECT (min(toUnixTimestamp64Milli(ts)), max(toUnixTimestamp64Milli(ts))) FROM gpu_samples "
+            f"WHERE {where}) AS bounds, bounds.1 AS lo, greatest(1, intDiv(bounds.2 - bounds.1, {{n:UInt32}}) + 1) AS w "
+            "SELECT toString(host) AS host, toString(gpu_uuid) AS gpu_uuid, min(gpu_index) AS gpu_index, "
+            "toString(any(gpu_name)) AS gpu_name, lo + intDiv(toUnixTimestamp64Milli(ts) - lo, w) * w AS t, "
+            "max(temperature_c) AS temperature_c, max(memory_used_bytes) AS memory_used_bytes, "
+            "max(memory_total_bytes) AS memory_total_bytes, max(power_w) AS power_w, "
+            "max(power_limit_w) AS power_limit_w, avg(gpu_utilization_pct) AS gpu_utilization_pct, "
+            "min(sm_clock_mhz) AS sm_clock_mhz, min(memory_clock_mhz) AS memory_clock_mhz, "
+            "groupBitOr(throttle_reasons) AS throttle_reasons "
+            f"FROM gpu_samples WHERE {where} GROUP BY host, gpu_uuid, t ORDER BY host, gpu_index, gpu_uuid, t",
+            {"p": project, "r": run_id, "n": buckets})
+        fields = ("t", "temperature_c", "memory_used_bytes", "memory_total_bytes", "power_w", "power_limit_w",
+                  "gpu_utilization_pct", "sm_clock_mhz", "memory_clock_mhz", "throttle_reasons")
+        gpus: dict[tuple[str, str], dict] = {}
+        for row in rows:
+            gpu = gpus.setdefault((row["host"], row["gpu_uuid"]), {
+                "host": row["host"], "gpu_uuid": row["gpu_uuid"], "gpu_index": row["gpu_index"],
+                "gpu_name": row["gpu_name"], "series": {f: [] for f in fields}})
+            for f in fields:
+                gpu["series"][f].append(row[f])
+        return sorted(gpus.values(), key=lambda g: (g["host"], g["gpu_index"], g["gpu_uuid"]))
+
+    def fleet(self, project: str | Sequence[str] | None = None, window_s: float = 600, until=None) -> list[dict]:
+        """Every GPU that reported in the last ``window_s`` seconds (the running jobs' GPUs),
+        hottest first: [{project, host, gpu_uuid, gpu_index, gpu_name, run_id, rank, last_seen,
+        temperature_c, memory_used_bytes, gpu_utilization_pct (mean), power_w: the maxima of
+        its latest minute; max_temperature_c over the window, memory_total_bytes,
+        headroom_bytes, throttle_reasons (OR over the window)}]. Reads the per-minute rollup;
+        the run, rank, index and name from the samples of the newest three minutes (None for a GPU
+        that had stopped by then)."""
+        lo, hi = self._window(window_s, until)
+        params: dict[str, Any] = {"lo": lo // 60_000 * 60, "hi": hi // 1000}
+        where = "minute >= toDateTime({lo:UInt32}, 'UTC') AND minute <= toDateTime({hi:UInt32}, 'UTC')"
+        if isinstance(project, str):
+            where, params["p"] = "project = {p:String} AND " + where, project
+        elif project is not None:
+            where, params["p"] = "project IN {p:Array(String)} AND " + where, sorted(project)
+        rows = self._query(
+            "SELECT toString(project) AS project, toString(host) AS host, toString(gpu_uuid) AS gpu_uuid, "
+            "max(m_temp) AS max_temperature_c, argMax(m_temp, minute) AS temperature_c, "
+            "argMax(m_mem, minute) AS memory_used_bytes, max(m_total) AS memory_total_bytes, "
+            "argMax(m_util, minute) AS gpu_utilization_pct, argMax(m_power, minute) AS power_w, "
+            "groupBitOr(m_throttle) AS throttle_reasons, toUnixTimestamp(max(minute)) AS last_minute FROM ("
+            " SELECT project, host, gpu_uuid, minute, max(max_temperature_c) AS m_temp,"
+            " max(max_memory_used_bytes) AS m_mem, max(memory_total_bytes) AS m_total,"
+            " sum(sum_gpu_utilization) / sum(samples) AS m_util, max(max_power_w) AS m_power,"
+            f" groupBitOr(throttle_reasons_any) AS m_throttle FROM gpu_samples_1m WHERE {where}"
+            " GROUP BY project, host, gpu_uuid, minute) "
+            "GROUP BY project, host, gpu_uuid ORDER BY max_temperature_c DESC, host, gpu_uuid", params, _IN_ORDER)
+        if not rows:
+            return []
+        newest_ms = (max(r.pop("last_minute") for r in rows) + 60) * 1000
+        out = []
+        for row in self._with_last_run(rows, max(lo, newest_ms - 180_000), min(hi, newest_ms)):
+            row["run_id"], row["rank"] = row.pop("last_run_id"), row.pop("last_rank")
+            row["run_id"] = None if row["run_id"] is None else str(row["run_id"])
+            row["headroom_bytes"] = row["memory_total_bytes"] - row["memory_used_bytes"]
+            out.append(row)
+        return out
+
+    def alerts_list(self, project: str | Sequence[str] | None = None, run_id: str | None = None,
+                    state: str | None = None, limit: int = 200) -> list[dict]:
+        """Alerts, open ones (pending, firing) first, then newest: [{project, alert_id, rule,
+        severity, state, run_id, host, gpu_uuid, rank, value, message, started_at,
+        resolved_at}]. state: "open" (pending or firing), "resolved", or None for all."""
+        limit = _positive_int(limit, "limit")
+        params: dict[str, Any] = {"limit": limit}
+        conditions = []
+        if isinstance(project, str):
+            conditions.append("project = {p:String}")
+            params["p"] = project
+        elif project is not None:
+            conditions.append("project IN {p:Array(String)}")
+            params["p"] = sorted(project)
+        inner_where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        outer = []
+        if run_id is not None:
+            outer.append("run_id = {r:String}")
+            params["r"] = run_id
+        if state == "open":
+            outer.append("state IN ('pending', 'firing')")
+        elif state == "resolved":
+            outer.append("state = 'resolved'")
+        elif state is not None:
+            raise QueryError(f"state must be 'open' or 'resolved', got {state!r}")
+        outer_where = f" WHERE {' AND '.join(outer)}" if outer else ""
+        rows = self._query(
+            "SELECT project, alert_id, rule, severity, state, run_id, host, gpu_uuid, rank, value, message, "
+            "started_at, resolved_at FROM (SELECT toString(project) AS project, alert_id, toString(rule) AS rule, "
+            "toString(severity) AS severity, toString(state) AS state, run_id, toString(host) AS host, gpu_uuid, "
+            f"rank, value, message, started_at, resolved_at FROM alerts FINAL{inner_where}){outer_where} "
+            "ORDER BY state = 'resolved', started_at DESC LIMIT {limit:UInt64}", params)
+        for row in rows:
+            row["started_at"], row["resolved_at"] = _utc(row["started_at"]), _utc(row["resolved_at"])
+        return rows
+
+    def run_project(self, run_id: str, project: str | None = None) -> str:
+        """The project of a run (RunNotFound when there is none)."""
+        return self._resolve([run_id], project)[run_id]
+
+
+def _runs_of(columns: dict, keys: tuple[str, ...] = ("run_id", "metric")):
+    """((key values), slice) for each run of equal keys in columns sorted by them."""
+    import numpy as np
+
+    n = len(columns[keys[0]]) if columns else 0
+    if not n:
+        return
+    changed = np.zeros(n - 1, dtype=bool)
+    for k in keys:
+        changed |= columns[k][1:] != columns[k][:-1]
+    bounds = [0, *(np.flatnonzero(changed) + 1).tolist(), n]
+    for start, end in zip(bounds, bounds[1:]):
+        yield tuple(columns[k][start].item() if hasattr(columns[k][start], "item") else columns[k][start]
+                    for k in keys), slice(start, end)
+
 
 def _combine_ranks(per_rank: str, across_ranks: bool) -> str:
     """The outer query over per-(rank, bucket) rows r_min, r_max, r_point (the rank's last point

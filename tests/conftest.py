@@ -74,6 +74,20 @@ def _infra_mode() -> str:
     return mode
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_local_store(tmp_path_factory) -> Iterator[None]:
+    """Tests never find (or write into) the user's local runwire store: RUNWIRE_HOME points at
+    an empty directory of the session unless the caller set one."""
+    if os.environ.get("RUNWIRE_HOME"):
+        yield
+        return
+    os.environ["RUNWIRE_HOME"] = str(tmp_path_factory.mktemp("runwire-home"))
+    try:
+        yield
+    finally:
+        os.environ.pop("RUNWIRE_HOME", None)
+
+
 def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         if _INFRA_FIXTURES.intersection(getattr(item, "fixturenames", ())):

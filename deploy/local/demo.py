@@ -127,38 +127,140 @@ def report(client, run_id: str) -> str:
     return "\n".join(lines)
 
 
+class Progress:
+    """One live status line (redrawn in place on a terminal, every few seconds in a log), with
+    messages (alerts) printed above it."""
+
+    def __init__(self, stream=None) -> None:
+        import threading
+
+        self.stream = stream or sys.stdout
+        self.tty = self.stream.isatty()
+        self._lock = threading.Lock()
+        self._line = ""
+        self._last_plain = 0.0
+
+    def update(self, text: str) -> None:
+        with self._lock:
+            self._line = text
+            if self.tty:
+                self.stream.write("\r\x1b[K" + text)
+                self.stream.flush()
+            elif time.monotonic() - self._last_plain >= 5:
+                self._last_plain = time.monotonic()
+                print(text, file=self.stream, flush=True)
+
+    def message(self, text: str) -> None:
+        with self._lock:
+            if self.tty and self._line:
+                self.stream.write("\r\x1b[K" + text + "\n" + self._line)
+                self.stream.flush()
+            else:
+                print(text, file=self.stream, flush=True)
+
+    def done(self, text: str) -> None:
+        with self._lock:
+            if self.tty:
+                self.stream.write("\r\x1b[K")
+            print(text, file=self.stream, flush=True)
+            self._line = ""
+
+
+def _watch(client, run_id: str, procs: list[subprocess.Popen], progress: Progress, started: float) -> None:
+    """Until every rank exits: points stored, ranks reporting and alerts so far."""
+    world = len(procs)
+    while any(p.poll() is None for p in procs):
+        try:
+            points, ranks = client.query(
+                "SELECT (SELECT count() FROM metrics WHERE run_id = {r:String}), "
+                "(SELECT uniqExact(rank) FROM run_ranks WHERE run_id = {r:String})",
+                parameters={"r": run_id}).result_rows[0]
+            alerts = client.query("SELECT uniqExactIf(alert_id, state IN ('firing', 'resolved')) FROM alerts WHERE run_id = {r:String}",
+                                  parameters={"r": run_id}).result_rows[0][0]
+            progress.update(f"  {time.monotonic() - started:5.1f} s  {points:>9,} points stored  "
+                            f"{ranks}/{world} ranks reporting  {alerts} alert(s)")
+        except Exception:  # noqa: BLE001 - a status line must never end the demo
+            pass
+        time.sleep(0.5)
+
+
+def _runwire_command() -> str:
+    """How this user runs `runwire` (the venv's script when that is what runs the demo)."""
+    import shutil
+
+    script = Path(sys.executable).parent / "runwire"
+    if script.exists() and shutil.which("runwire") != str(script):
+        try:
+            return os.path.relpath(script)
+        except ValueError:
+            return str(script)
+    return "runwire"
+
+
 def run_demo(duration_s: float = 20.0, nodes: int = 2, ranks_per_node: int = 2, data_dir: str | None = None) -> int:
+    """Simulate a job into the local store (or ``data_dir``), using the running local stack when
+    there is one; the run stays there for `runwire ui`, `runwire runs ...`."""
     from importlib import resources
 
     from runwire.deploy.local.stack import LocalStack
     from runwire.ingest.alerts.engine import AlertConfig
     from runwire.ingest.alerts.notify import CallbackNotifier, format_event
+    from runwire.proto import localstack
+    from runwire.storage.client import connect
 
     run_id = f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    # The built-in rules with durations that fit a 20-second run (see the file); webhooks from
-    # RUNWIRE_ALERT_WEBHOOK_URL / RUNWIRE_ALERT_SLACK_URL when set.
-    rules = os.environ.get("RUNWIRE_ALERT_RULES") or str(resources.files("runwire.ingest.alerts") / "demo_rules.toml")
-    alerts = AlertConfig.from_settings(rules=rules, log=False)
-    printer = CallbackNotifier(lambda event: print(f"  ALERT {format_event(event)}", flush=True), name="demo")
-    with LocalStack(data_dir=data_dir, alerts=alerts, alert_notifiers=(printer,)) as stack:
+    progress = Progress()
+    running = localstack.read_record() if data_dir is None else None
+    stack = None
+    if running is not None and running.get("gateway"):
+        print(f"using the running local stack (pid {running['pid']}, {running['path']}):\n"
+              f"gateway:    {running['gateway']}\nclickhouse: {running['clickhouse_url']}", flush=True)
+        gateway, client = running["gateway"], connect(running["clickhouse_url"], running.get("database", "runwire"))
+    else:
+        # The built-in rules with durations that fit a 20-second run (see the file); webhooks from
+        # RUNWIRE_ALERT_WEBHOOK_URL / RUNWIRE_ALERT_SLACK_URL when set.
+        rules = os.environ.get("RUNWIRE_ALERT_RULES") or str(resources.files("runwire.ingest.alerts") / "demo_rules.toml")
+        alerts = AlertConfig.from_settings(rules=rules, log=False)
+        printer = CallbackNotifier(lambda event: progress.message(f"  ALERT {format_event(event)}"), name="demo")
+        try:
+            stack = (LocalStack(data_dir=data_dir, alerts=alerts, alert_notifiers=(printer,)) if data_dir else
+                     LocalStack.store(gateway_listen="127.0.0.1:0", alerts=alerts, alert_notifiers=(printer,)))
+            stack.start()
+        except RuntimeError as exc:
+            print(f"runwire demo: cannot start the local stack: {exc}", file=sys.stderr)
+            return 2
         print(stack.describe(), flush=True)
+        print(f"store:      {stack.data_dir}", flush=True)
+        gateway, client = stack.gateway.address, stack.client()
+    try:
         print(f"\nsimulating {nodes} nodes x {ranks_per_node} ranks for {duration_s:.0f} s (run {run_id}) ...", flush=True)
         started = time.monotonic()
-        summaries = collect(launch_ranks(stack.gateway.address, run_id, duration_s, nodes, ranks_per_node,
-                                         anomalies=True),
-                            timeout_s=duration_s + 120)
+        procs = launch_ranks(gateway, run_id, duration_s, nodes, ranks_per_node, anomalies=True)
+        _watch(client, run_id, procs, progress, started)
+        summaries = collect(procs, timeout_s=duration_s + 120)
         emitted = int(sum(s["runwire.points"] for s in summaries))
-        client = stack.client()
         stored = wait_for_rows(client, run_id, emitted)
-        stack.alerts.evaluate_periodic()  # the straggler's last evaluation, with all data stored
-        stack.alerts.flush(10)
-        print(f"\n{len(summaries)} ranks emitted {emitted} points in {time.monotonic() - started:.1f} s; "
-              f"stored {stored}; dropped {int(sum(s['runwire.dropped'] for s in summaries))}\n")
+        if stack is not None:
+            stack.alerts.evaluate_periodic()  # the straggler's last evaluation, with all data stored
+            stack.alerts.flush(10)
+        progress.done(f"\n{len(summaries)} ranks emitted {emitted} points in {time.monotonic() - started:.1f} s; "
+                      f"stored {stored}; dropped {int(sum(s['runwire.dropped'] for s in summaries))}\n")
         print(report(client, run_id), flush=True)
         from runwire.storage.report import write_report
 
         path = write_report(client, [run_id], Path("build") / f"{run_id}.html")
         print(f"\nreport: {path.resolve()}", flush=True)
+    finally:
+        client.close()
+        if stack is not None:
+            stack.stop()
+    if data_dir is None:
+        print(f"\nThe run stays in the local store ({localstack.home()}). Open it in the web UI:\n\n"
+              f"    {_runwire_command()} ui\n\nthen http://127.0.0.1:{localstack.DEFAULT_UI_PORT}/#/run/{run_id}",
+              flush=True)
+    else:
+        print(f"\nThe run stays in {data_dir}: serve it with `runwire up --data-dir {data_dir}` and open it with "
+              f"`runwire ui --clickhouse-url URL` (the URL `runwire up` prints).", flush=True)
     return 0 if stored == emitted else 1
 
 

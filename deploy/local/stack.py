@@ -3,6 +3,10 @@ gateway and an ingest worker. Used by `runwire up`, `runwire demo` and the end-t
 
 Kafka comes from RUNWIRE_KAFKA_BOOTSTRAP when set, else from a local broker when `kafka=True`;
 without Kafka the gateway hands batches straight to the ingest writer (direct mode).
+
+`LocalStack.store()` is the persistent local stack: its data in the user's store directory
+(runwire.proto.localstack.home(): $RUNWIRE_HOME, else the XDG data dir), ClickHouse on stable
+ports, and a record of where it listens that every command and the emitter read.
 """
 
 from __future__ import annotations
@@ -14,15 +18,19 @@ import threading
 from pathlib import Path
 
 from runwire.deploy.local.clickhouse import ClickHouseServer
+from runwire.proto import localstack
 
 
 class LocalStack:
     def __init__(self, data_dir: str | None = None, kafka: bool = False, gateway_listen: str = "127.0.0.1:0",
                  clickhouse_url: str | None = None, kafka_bootstrap: str | None = None,
                  database: str = "runwire", topic_prefix: str = "runwire.", group_id: str = "runwire-ingest",
-                 alerts=None, alert_notifiers: tuple = ()) -> None:
+                 alerts=None, alert_notifiers: tuple = (), clickhouse_ports: tuple[int, int] = (0, 0),
+                 record: bool = False) -> None:
         """alerts: an AlertConfig (runwire.ingest.alerts.engine), True for AlertConfig.from_settings()
-        (RUNWIRE_ALERT_*), or None/False for no alerting; alert_notifiers: extra notifiers."""
+        (RUNWIRE_ALERT_*), or None/False for no alerting; alert_notifiers: extra notifiers.
+        clickhouse_ports: (http, tcp) of the ClickHouse it starts (0: the OS picks). record:
+        write where it listens into data_dir's stack.json while it runs (see `store()`)."""
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="runwire-stack-"))
         self.kafka_bootstrap = kafka_bootstrap or os.environ.get("RUNWIRE_KAFKA_BOOTSTRAP") or None
@@ -40,6 +48,22 @@ class LocalStack:
         self.alert_config = alerts
         self.alert_notifiers = tuple(alert_notifiers)
         self.alerts = None  # the alert engine, when alerting is on
+        self.clickhouse_ports = clickhouse_ports
+        self.record = record
+
+    @classmethod
+    def store(cls, gateway_listen: str | None = None, **kwargs) -> "LocalStack":
+        """The persistent local stack in the store directory, with stable ports (ClickHouse
+        18123/19000, gateway 50051 unless ``gateway_listen`` says otherwise), recording where
+        it listens. RuntimeError when one already runs there."""
+        running = localstack.read_record()
+        if running is not None:
+            raise RuntimeError(f"a local stack already runs (pid {running['pid']}, gateway {running.get('gateway')}, "
+                               f"ClickHouse {running.get('clickhouse_url')}; {running['path']})")
+        listen = gateway_listen or f"127.0.0.1:{localstack.DEFAULT_GATEWAY_PORT}"
+        return cls(data_dir=str(localstack.home()), gateway_listen=listen, record=True,
+                   clickhouse_ports=(localstack.DEFAULT_CLICKHOUSE_HTTP_PORT, localstack.DEFAULT_CLICKHOUSE_TCP_PORT),
+                   **kwargs)
 
     @property
     def mode(self) -> str:
@@ -50,7 +74,8 @@ class LocalStack:
 
         try:
             if self.clickhouse_url is None:
-                self.clickhouse = ClickHouseServer(data_dir=self.data_dir / "clickhouse").start()
+                self.clickhouse = ClickHouseServer(data_dir=self.data_dir / "clickhouse", http_port=self.clickhouse_ports[0],
+                                                   tcp_port=self.clickhouse_ports[1]).start()
                 self.clickhouse_url = self.clickhouse.url
             if self.want_local_kafka:
                 from runwire.deploy.local.kafka import KafkaServer
@@ -67,6 +92,9 @@ class LocalStack:
             # Direct mode: the gateway's sink feeds the alerts (in kafka mode, the worker does).
             observers = [self.alerts.observe] if self.alerts is not None and self.mode == "direct" else None
             self.gateway = create_gateway(config, observers=observers).start()
+            if self.record:
+                localstack.write_record(self.data_dir, gateway=self.gateway.address, clickhouse_url=self.clickhouse_url,
+                                        database=self.database, mode=self.mode, data_dir=str(self.data_dir))
         except BaseException:
             self.stop()
             raise
@@ -119,6 +147,8 @@ class LocalStack:
 
     def stop(self) -> None:
         """Stop everything this stack started, in reverse order. Safe to call twice."""
+        if self.record:
+            localstack.clear_record(self.data_dir)
         if self.gateway is not None:
             self.gateway.stop()
             self.gateway = None

@@ -15,6 +15,13 @@ def demo_database(clickhouse_url: str, prefix: str, runs: list[tuple[str, float]
 
     Direct mode (gateway -> writer) even where RUNWIRE_KAFKA_BOOTSTRAP names a broker: these
     tests look at stored data; the Kafka path has its own tests."""
+    with demo_stack(clickhouse_url, prefix, runs) as (client, _stack):
+        yield client
+
+
+@contextlib.contextmanager
+def demo_stack(clickhouse_url: str, prefix: str, runs: list[tuple[str, float]]):
+    """As demo_database, yielding (client, LocalStack): the stack's gateway stays up for more runs."""
     import clickhouse_connect
 
     from runwire.deploy.local.demo import collect, launch_ranks, wait_for_rows
@@ -33,7 +40,7 @@ def demo_database(clickhouse_url: str, prefix: str, runs: list[tuple[str, float]
                                 timeout_s=120)
             emitted = int(sum(s["runwire.points"] for s in summaries))
             assert wait_for_rows(client, run_id, emitted, timeout_s=30) == emitted
-        yield client
+        yield client, stack
         client.close()
     finally:
         if stack is not None:

@@ -1,4 +1,4 @@
-"""`runwire artifacts ...` and `runwire models ...` (registered by runwire.cli; imports stay lazy).
+"""`runwire artifacts ...` and `runwire models ...` (registered by runwire.deploy.cli; imports stay lazy).
 
     runwire artifacts ls RUN [--project P] [--json]
     runwire artifacts get RUN NAME -o DIR [--store URL] [--endpoint-url URL]

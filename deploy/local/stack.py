@@ -48,6 +48,7 @@ class LocalStack:
         self.alert_config = alerts
         self.alert_notifiers = tuple(alert_notifiers)
         self.alerts = None  # the alert engine, when alerting is on
+        self.liveness = None  # marks ranks that went silent CRASHED, with alerting
         self.clickhouse_ports = clickhouse_ports
         self.record = record
 
@@ -84,6 +85,10 @@ class LocalStack:
                 self.kafka_bootstrap = self.kafka.bootstrap
             if self.alert_config:
                 self.start_alerts()
+                from runwire.ingest.liveness import Liveness
+                from runwire.storage.client import connect
+
+                self.liveness = Liveness(connect(self.clickhouse_url, self.database)).start()
             if self.mode == "kafka":
                 self.start_worker()
             config = GatewayConfig.from_settings(
@@ -153,6 +158,9 @@ class LocalStack:
             self.gateway.stop()
             self.gateway = None
         self.stop_worker()
+        if self.liveness is not None:
+            self.liveness.stop()
+            self.liveness = None
         if self.alerts is not None:
             self.alerts.stop()  # after the ingest path: what it observed is evaluated and written
             self.alerts = None

@@ -118,6 +118,7 @@ def test_sigkill_loses_at_most_one_flush_interval_and_sync_reports_it(tmp_path, 
     assert -KEYS <= lost <= RATE * KEYS * FLUSH_S * 1.5, (lost, result["sync"])
     # The report says what the test counted (the call in progress at the kill may count).
     line = next(l for l in result["sync"].splitlines() if "killed-run rank 0" in l)
+    assert "envelopes left" not in line, line  # sync delivered everything
     reported_logged = int(line.split("logged ")[1].split(",")[0])
     reported_delivered = int(line.split("delivered ")[1].split(" ")[0])
     reported_lost = int(line.split("lost ")[1].split(" ")[0].rstrip(","))

@@ -51,7 +51,7 @@ class GatewayConfig:
     tokens: dict[str, str] = secret(default_factory=dict)  # project -> bearer token; empty: no auth
     tls_cert_file: str = ""                  # PEM certificate chain; with tls_key_file: serve TLS
     tls_key_file: str = ""                   # PEM private key
-    max_streams: int = 1024                  # open streams (one per emitting process); beyond: RESOURCE_EXHAUSTED
+    max_streams: int = 10_000                # open streams (one per emitting process); beyond: RESOURCE_EXHAUSTED
     max_pending: int = 20000                 # envelopes awaiting their sink; beyond: RESOURCE_EXHAUSTED
     drain_timeout_s: float = 30.0            # how long a closing stream waits for its last acks
     ttl_days: int | None = None              # direct mode: raw time-series retention; None leaves it as it is

@@ -59,11 +59,7 @@ class GatewayConfig:
     metrics_listen: str = ""                 # host:port serving Prometheus /metrics; empty: off
 
     def problems(self) -> list[str]:
-        out = []
-        if self.mode not in ("kafka", "direct"):
-            out.append(f"mode must be 'kafka' or 'direct', not {self.mode!r}")
-        if self.mode == "kafka" and not self.kafka_bootstrap:
-            out.append("kafka_bootstrap (RUNWIRE_KAFKA_BOOTSTRAP) is required in kafka mode")
+        out = sink_problems(self)
         if self.mode == "direct" and not self.clickhouse_url:
             out.append("clickhouse_url (RUNWIRE_CLICKHOUSE_URL) is required in direct mode")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
@@ -77,6 +73,17 @@ class GatewayConfig:
     @classmethod
     def from_settings(cls, **overrides) -> "GatewayConfig":
         return build(cls, overrides)
+
+
+def sink_problems(config) -> list[str]:
+    """What is wrong with the sink settings (mode, kafka_bootstrap) of the gateway or of another
+    server that writes through the gateway's sink (the MLflow API)."""
+    out = []
+    if config.mode not in ("kafka", "direct"):
+        out.append(f"mode must be 'kafka' or 'direct', not {config.mode!r}")
+    if config.mode == "kafka" and not config.kafka_bootstrap:
+        out.append("kafka_bootstrap (RUNWIRE_KAFKA_BOOTSTRAP) is required in kafka mode")
+    return out
 
 
 class ListenError(RuntimeError):

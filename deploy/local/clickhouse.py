@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from runwire.deploy.local.process import ManagedServer
+from runwire.deploy.local.process import ManagedServer, serve_in_foreground
 
 __all__ = ["ClickHouseServer"]
 
@@ -306,23 +306,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return serve(args.path, args.ports_file, args.http_port, args.tcp_port)
 
     server = ClickHouseServer(args.path, args.http_port, args.tcp_port)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    try:
-        t0 = time.monotonic()
-        server.start()
-        print(f"ClickHouse (chDB) ready in {time.monotonic() - t0:.1f}s", file=sys.stderr)
-        print(f"url: {server.url}", flush=True)
-        print(f"native tcp: 127.0.0.1:{server.tcp_port}", file=sys.stderr)
-        print(f"data: {server.data_dir}", file=sys.stderr)
-        print("Ctrl-C to stop.", file=sys.stderr, flush=True)
-        while server.running:
-            time.sleep(0.5)
-        print("server exited", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        server.close()
+    return serve_in_foreground(server, server.start, lambda: (
+        "ClickHouse (chDB)", f"url: {server.url}",
+        [f"native tcp: 127.0.0.1:{server.tcp_port}", f"data: {server.data_dir}"]), "server")
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ import uuid
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from runwire.deploy.local.process import ManagedServer
+from runwire.deploy.local.process import ManagedServer, serve_in_foreground
 
 __all__ = ["KafkaServer", "resolve_kafka_jars", "cache_root", "KAFKA_VERSION"]
 
@@ -605,23 +605,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"Kafka {KAFKA_VERSION}: {len(jars)} jars cached in {cache_root()}")
         return 0
     server = KafkaServer(args.data_dir, args.port, args.controller_port, num_partitions=args.partitions)
-    t0 = time.monotonic()
-    # SIGTERM -> KeyboardInterrupt path, so the broker is stopped either way.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    try:
-        server.start(args.timeout)
-        print(f"Kafka {server.version} ready in {time.monotonic() - t0:.1f}s", file=sys.stderr)
-        print(f"bootstrap: {server.bootstrap}", flush=True)
-        print(f"log:       {server.log_path}", file=sys.stderr)
-        print("Ctrl-C to stop.", file=sys.stderr, flush=True)
-        while server.running:
-            time.sleep(0.5)
-        print("broker exited", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        server.close()
+    return serve_in_foreground(server, lambda: server.start(args.timeout), lambda: (
+        f"Kafka {server.version}", f"bootstrap: {server.bootstrap}", [f"log:       {server.log_path}"]), "broker")
 
 
 if __name__ == "__main__":

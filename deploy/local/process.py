@@ -6,6 +6,8 @@ import contextlib
 import os
 import shutil
 import signal
+import time
+import sys
 
 
 class ManagedServer:
@@ -35,3 +37,27 @@ class ManagedServer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def serve_in_foreground(server, start, describe, what: str) -> int:
+    """`python -m runwire.deploy.local.<server>`: start() the server, print describe()'s
+    (ready, address, details) (the address alone on stdout), run until Ctrl-C or SIGTERM and
+    always stop it. Exit 1 when the server exits by itself."""
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        started = time.monotonic()
+        start()
+        ready, address, details = describe()
+        print(f"{ready} ready in {time.monotonic() - started:.1f}s", file=sys.stderr)
+        print(address, flush=True)
+        for line in details:
+            print(line, file=sys.stderr)
+        print("Ctrl-C to stop.", file=sys.stderr, flush=True)
+        while server.running:
+            time.sleep(0.5)
+        print(f"{what} exited", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        server.close()

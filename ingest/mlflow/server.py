@@ -70,11 +70,9 @@ class MlflowServerConfig:
                                              # runwire does not serve yet
 
     def problems(self) -> list[str]:
-        out = []
-        if self.mode not in ("kafka", "direct"):
-            out.append(f"mode must be 'kafka' or 'direct', not {self.mode!r}")
-        if self.mode == "kafka" and not self.kafka_bootstrap:
-            out.append("kafka_bootstrap (RUNWIRE_KAFKA_BOOTSTRAP) is required in kafka mode")
+        from runwire.ingest.gateway import sink_problems
+
+        out = sink_problems(self)
         if not self.clickhouse_url:
             out.append("clickhouse_url (RUNWIRE_CLICKHOUSE_URL) is required: the MLflow API reads runs from it")
         if self.mlflow_listen.rpartition(":")[1] != ":":

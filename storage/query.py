@@ -843,7 +843,9 @@ class RunQueries:
             " UNION ALL SELECT 'metrics', run_id, toString(name), '', argMax(value, (ts, value)),"
             " toUnixTimestamp64Milli(max(ts)), step FROM metrics "
             f" WHERE {scope} AND rank = 0 AND (run_id, name, step) IN ("
-            f"  SELECT run_id, name, max(last_step) FROM metrics_summary WHERE {scope} GROUP BY run_id, name)"
+            # last_point is (key, -rank, step, value) of the highest step (migration 0004).
+            f"  SELECT run_id, name, tupleElement(max(last_point), 3) FROM metrics_summary WHERE {scope}"
+            "   GROUP BY run_id, name)"
             " GROUP BY run_id, name, step"
             " UNION ALL SELECT 'inputs', run_id, name,"
             " toJSONString((digest, source_type, source, schema, profile, input_tags, context)), nan, 0, 0"

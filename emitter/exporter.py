@@ -200,7 +200,8 @@ class Exporter:
         # Full envelopes leave at once; the one being filled waits until its oldest point is
         # flush_interval_s old (or flush()/finish()), so a busy run sends full envelopes only.
         interval = self.config.flush_interval_s
-        wait, last = interval, time.monotonic()
+        # The first pass comes soon, to learn the logging rate; after it, the rate decides.
+        wait, last = min(interval, _FIRST_PASS_S), time.monotonic()
         partial: _MetricBuilder | None = None
         partial_since = last
         while True:
@@ -629,6 +630,7 @@ def _details(exc: grpc.RpcError) -> str:
 
 
 _MIN_DRAIN_WAIT_S = 0.02
+_FIRST_PASS_S = 0.1
 
 
 def next_drain_wait(drained: int, elapsed_s: float, batch_points: int, flush_interval_s: float) -> float:

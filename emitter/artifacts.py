@@ -441,7 +441,7 @@ def finish_pending(spool_root: str | os.PathLike, config: ArtifactConfig | None 
     """`runwire sync`: upload what killed processes left in their journals and spool each
     record as an envelope, for the spool's own delivery to send. Returns (finished, failed)."""
     from runwire.proto import telemetry_pb2 as pb
-    from runwire.spool import Spool
+    from runwire.spool import ENDED, Spool
 
     finished = failed = 0
     for journal in sorted(Path(spool_root).rglob(f"{_PENDING}/*.json")):
@@ -458,7 +458,14 @@ def finish_pending(spool_root: str | os.PathLike, config: ArtifactConfig | None 
             ident = job["identity"]
             identity = pb.Identity(stream_id=uuid.uuid4().hex, **ident)
             spool = Spool(Path(spool_root), ident["project"], ident["run_id"], ident["rank"], identity.stream_id)
-            spool.put(1, pb.Envelope(seq=1, identity=identity, tags=pb.Tags(tags=tags)).SerializeToString())
+            try:
+                # A stream of its own holding just the record; sync's delivery sends it. It is
+                # marked ended: it is not a rank that died.
+                spool.describe({field.name: getattr(identity, field.name) for field in identity.DESCRIPTOR.fields})
+                spool.append(1, pb.Envelope(seq=1, identity=identity, tags=pb.Tags(tags=tags)).SerializeToString())
+                spool.counts[ENDED] = 1
+            finally:
+                spool.close(everything_acked=False)
             _finish_job(job, journal)
             finished += 1
         except FileNotFoundError as exc:

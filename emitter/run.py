@@ -254,11 +254,14 @@ class Run:
             if self._finished or self._inert:
                 return dict(self.summary)
             self._finished = True
-            self._inert = True  # log() after finish is a no-op
         if self._sampler is not None:
             self._sampler.shutdown()
         if self._repro is not None:
-            self._repro.shutdown(timeout)  # uploads first: their records must precede the RunEnd
+            # Captured metadata (tags) and uploads first: their records must precede the RunEnd,
+            # so the run accepts tags until they are queued.
+            self._repro.shutdown(timeout)
+        with self._lock:
+            self._inert = True  # log() after finish is a no-op
         end = pb.RunEnd(end_time_ns=time.time_ns(), exit_code=exit_code)
         for key, value in self.summary.items():
             try:

@@ -105,7 +105,7 @@ def test_runs_are_reproducible_through_the_pipeline(stack, dirty_repo, tmp_path)
     run1 = {"r": runs[0]}
     tags = dict(_wait_rows(client, "SELECT key, value FROM tags FINAL WHERE run_id = {r:String} AND "
                            "startsWith(key, 'runwire.')", run1, lambda rows: any(k == "runwire.argv" for k, _ in rows)))
-    assert tags["runwire.git.dirty"] == "true" and tags["runwire.git.branch"] == "main"
+    assert tags.get("runwire.git.dirty") == "true" and tags["runwire.git.branch"] == "main", tags
     assert SECRET not in tags["runwire.argv"] and "--api-key=***" in tags["runwire.argv"]
     assert tags["runwire.python.version"] and int(tags["runwire.packages.count"]) > 10
 

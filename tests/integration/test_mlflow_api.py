@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import time
 import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -101,8 +102,15 @@ def test_fluent_api_nested_runs_and_datasets_land_in_runwire(fluent, rw):
     ch = stack.client()
     assert ch.query("SELECT count() FROM metrics FINAL WHERE run_id = {r:String}",
                     parameters={"r": parent.info.run_id}).result_rows == [(22,)]
-    assert ch.query("SELECT toString(project), status, toString(launcher) FROM runs FINAL WHERE run_id = {r:String}",
-                    parameters={"r": parent.info.run_id}).result_rows == [(experiment, "FINISHED", "mlflow")]
+    # The run's end travels on the runs topic, apart from the metrics: wait for it.
+    deadline = time.monotonic() + 60
+    while True:
+        row = ch.query("SELECT toString(project), status, toString(launcher) FROM runs FINAL WHERE run_id = {r:String}",
+                       parameters={"r": parent.info.run_id}).result_rows
+        if row == [(experiment, "FINISHED", "mlflow")] or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert row == [(experiment, "FINISHED", "mlflow")]
     from runwire.deploy.cli import main
 
     out = io.StringIO()

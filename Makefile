@@ -94,7 +94,7 @@ bench-artifacts: $(BENCH_STAMP)
 
 bench-mlflow: $(BENCH_STAMP) kafka-jars
 	mkdir -p build/bench
-	$(PYTHON) bench/mlflow.py --out build/bench/mlflow.json
+	$(PYTHON) bench/mlflow_compat.py --out build/bench/mlflow.json
 
 bench-ui: $(BENCH_STAMP) $(UI_BUNDLE) chromium
 	mkdir -p build/bench

@@ -1,7 +1,7 @@
 """The identical MLflow client script against `mlflow server` (sqlite, default workers) and against
 runwire's MLflow API (`runwire mlflow-server` -> Kafka -> ingest -> ClickHouse), side by side.
 
-    python bench/mlflow.py --out build/bench/mlflow.json          (make bench-mlflow)
+    python bench/mlflow_compat.py --out build/bench/mlflow.json          (make bench-mlflow)
 
 Each of N client processes creates a run and sends B `log_batch` calls of 1,000 metrics (10
 names x 100 steps); throughput is points acknowledged per second of wall time, from the first

@@ -60,7 +60,7 @@ class MlflowServerConfig:
     kafka_bootstrap: str = ""
     topic_prefix: str = "runwire."
     topic_partitions: int = 6
-    topic_replication: int = 1
+    topic_replication: int = 0               # 0: 3, or the brokers when fewer (kafka_io.replication_for)
     clickhouse_url: str = ""                 # reads (and direct-mode writes)
     clickhouse_database: str = "runwire"
     tokens: dict[str, str] = secret(default_factory=dict)  # project -> bearer token; empty: no auth

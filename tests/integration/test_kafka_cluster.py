@@ -203,3 +203,7 @@ def test_three_ingest_workers_one_sigkilled_and_restarted(cluster, pipeline, ran
             assert_exactly_once(pipeline, run.run_id, run.stop())
     finally:
         admin.close()
+        # All at once: one by one, each leaving member holds the next in a rebalance.
+        for proc in pipeline.processes:
+            if proc.poll() is None:
+                proc.terminate()

@@ -78,11 +78,15 @@ def ensure_topics(bootstrap: str, prefix: str, partitions: int, replication: int
 
 
 def make_producer(bootstrap: str, **settings) -> KafkaProducer:
-    """Idempotent producer with acks=all: an acknowledged record is on every in-sync replica."""
+    """Idempotent producer with acks=all: an acknowledged record is on every in-sync replica
+    (at least min.insync.replicas). Retries are kafka-python's: unlimited within
+    delivery_timeout_ms, at most 5 requests in flight, so a leader change is retried without
+    reordering, and the idempotent producer's sequence numbers keep its retries from writing a
+    record twice (tests/integration/test_kafka_cluster.py)."""
     config = dict(
         bootstrap_servers=bootstrap,
         acks="all",
-        enable_idempotence=True,
+        enable_idempotence=True,  # explicit: a conflicting setting raises instead of turning it off
         linger_ms=20,  # gathers the envelopes of many ranks into one request (less broker and gateway CPU)
         batch_size=1024 * 1024,
         max_request_size=MAX_MESSAGE_BYTES,

@@ -890,6 +890,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--port", type=int, default=None, help="client port (default: a free one)")
     parser.add_argument("--controller-port", type=int, default=None)
     parser.add_argument("--partitions", type=int, default=1, help="num.partitions for auto-created topics")
+    parser.add_argument("--brokers", type=int, default=1,
+                        help="nodes (each broker and controller, its own JVM); above 1 with free ports only")
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--resolve-only", action="store_true",
                         help="only fetch the jars into the cache (make kafka-jars) and exit")
@@ -898,6 +900,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         jars = resolve_kafka_jars()
         print(f"Kafka {KAFKA_VERSION}: {len(jars)} jars cached in {cache_root()}")
         return 0
+    if args.brokers > 1:
+        if args.port or args.controller_port:
+            parser.error("--port and --controller-port are for one broker; a cluster picks free ports")
+        cluster = KafkaCluster(args.brokers, args.data_dir, num_partitions=args.partitions)
+        return serve_in_foreground(cluster, lambda: cluster.start(args.timeout), lambda: (
+            f"Kafka {cluster.version} cluster of {args.brokers}", f"bootstrap: {cluster.bootstrap}",
+            [f"data:      {cluster.data_dir}"]), "a node")
     server = KafkaServer(args.data_dir, args.port, args.controller_port, num_partitions=args.partitions)
     return serve_in_foreground(server, lambda: server.start(args.timeout), lambda: (
         f"Kafka {server.version}", f"bootstrap: {server.bootstrap}", [f"log:       {server.log_path}"]), "broker")

@@ -285,6 +285,26 @@ def _probe(bootstrap: str, replication: int, budget: float) -> None:
         consumer.close()
 
 
+def _start_retrying_ports(attempts: int, start_once, bind_failed, new_ports, stop) -> None:
+    """``start_once()``; when it fails because a port chosen free was taken before the JVM
+    bound it (``bind_failed()``) and attempts remain, ``new_ports()`` and again. Whatever fails
+    is stopped first (``stop(timeout)``: a JVM that failed to start can hang 15 s in shutdown)."""
+    for attempt in range(attempts):
+        try:
+            start_once()
+            return
+        except RuntimeError:
+            failed_bind = bind_failed()
+            stop(timeout=3)
+            if failed_bind and attempt + 1 < attempts:
+                new_ports()
+                continue
+            raise
+        except BaseException:
+            stop()
+            raise
+
+
 def _replication_properties(replication: int, min_insync: int) -> Dict[str, object]:
     """The broker defaults and internal topics (offsets, transactions, share state) for a
     cluster whose topics have ``replication`` replicas and ``min_insync`` in-sync ones."""
@@ -466,25 +486,23 @@ class KafkaServer(ManagedServer):
         # A port picked by free_port() can be taken by someone else before the JVM binds it;
         # before the first successful start (nobody knows the address yet) pick new ones.
         attempts = 1 if self._started or not (self._auto_port or self._auto_controller_port) else 3
-        for attempt in range(attempts):
+        log_offset = 0
+
+        def start_once() -> None:
+            nonlocal log_offset
             log_offset = self._launch(jars)
-            try:
-                self._wait_ready(timeout, log_offset)
-            except RuntimeError:
-                self.stop(timeout=3)  # a JVM that failed to start can hang in shutdown for 15 s
-                if attempt + 1 < attempts and self._bind_failed_since(log_offset):
-                    if self._auto_port:
-                        self.port = free_port()
-                    if self._auto_controller_port:
-                        self.controller_port = free_port()
-                    continue
-                raise
-            except BaseException:
-                self.stop()
-                raise
-            self._started = True
-            return self
-        raise AssertionError("unreachable")
+            self._wait_ready(timeout, log_offset)
+
+        def new_ports() -> None:
+            if self._auto_port:
+                self.port = free_port()
+            if self._auto_controller_port:
+                self.controller_port = free_port()
+
+        _start_retrying_ports(attempts, start_once, lambda: self._bind_failed_since(log_offset), new_ports,
+                              self.stop)
+        self._started = True
+        return self
 
     def _launch(self, jars: List[Path]) -> int:
         """Write the config, format the storage once, start the JVM; returns the log offset
@@ -737,30 +755,28 @@ class KafkaCluster:
         Raises ``RuntimeError`` with the failing node's log; all nodes are stopped then."""
         jars = resolve_kafka_jars(self.version, self.cache_dir)
         attempts = 3 if self._auto_ports and not self._started else 1
-        for attempt in range(attempts):
+        offsets: Dict[int, int] = {}
+
+        def start_once() -> None:
             deadline = time.monotonic() + timeout
             # All nodes first: none becomes ready before a majority of the quorum runs.
-            offsets = {n.node_id: n._launch(jars) for n in self.nodes if not n.running}
-            try:
-                for n in self.nodes:
-                    if n.node_id in offsets:
-                        n._wait_ready(max(1.0, deadline - time.monotonic()), offsets[n.node_id])
-                self._probe(deadline)
-            except RuntimeError:
-                failed_bind = any(n._bind_failed_since(offsets.get(n.node_id, 0)) for n in self.nodes)
-                self.stop(timeout=3)
-                if failed_bind and attempt + 1 < attempts:
-                    fresh = self._free_ports(2 * len(self.nodes), set())
-                    for i, n in enumerate(self.nodes):
-                        n.port, n.controller_port = fresh[2 * i], fresh[2 * i + 1]
-                    continue
-                raise
-            except BaseException:
-                self.stop()
-                raise
-            self._started = True
-            return self
-        raise AssertionError("unreachable")
+            offsets.clear()
+            offsets.update({n.node_id: n._launch(jars) for n in self.nodes if not n.running})
+            for n in self.nodes:
+                if n.node_id in offsets:
+                    n._wait_ready(max(1.0, deadline - time.monotonic()), offsets[n.node_id])
+            self._probe(deadline)
+
+        def new_ports() -> None:
+            fresh = self._free_ports(2 * len(self.nodes), set())
+            for i, n in enumerate(self.nodes):
+                n.port, n.controller_port = fresh[2 * i], fresh[2 * i + 1]
+
+        _start_retrying_ports(attempts, start_once,
+                              lambda: any(n._bind_failed_since(offsets.get(n.node_id, 0)) for n in self.nodes),
+                              new_ports, self.stop)
+        self._started = True
+        return self
 
     def _probe(self, deadline: float) -> None:
         last: Optional[BaseException] = None

@@ -18,7 +18,9 @@ UI_SOURCES := $(wildcard storage/ui/frontend/src/*) storage/ui/frontend/index.ht
 # mapped folders from it). A module added or removed needs the tree relinked: PACKAGE_FILES lists
 # the package's files (the UI bundle is built before the install) and changes only when that list
 # does, which reruns the install.
+# PYTHONWARNINGS: setuptools' boxed notes about editable installs say what README.md says.
 EDITABLE := --config-settings editable_mode=strict -e
+PIP_EDITABLE := PYTHONWARNINGS=ignore $(PYTHON) -m pip install
 PACKAGE_FILES := build/package-files.txt
 $(shell mkdir -p build && find emitter proto ingest storage deploy \( -name __pycache__ -o -path storage/ui/frontend \
 	-o -path storage/ui/static \) -prune \
@@ -28,7 +30,7 @@ $(shell mkdir -p build && find emitter proto ingest storage deploy \( -name __py
 $(STAMP): pyproject.toml $(PACKAGE_FILES) $(UI_BUNDLE)
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
 	$(PYTHON) -m pip install $(PIP_QUIET) --upgrade pip
-	$(PYTHON) -m pip install $(PIP_QUIET) $(EDITABLE) ".[server,dev]"
+	$(PIP_EDITABLE) $(PIP_QUIET) $(EDITABLE) ".[server,dev]"
 	touch $(STAMP)
 
 $(UI_BUNDLE): $(UI_SOURCES)
@@ -41,7 +43,7 @@ install: $(STAMP)
 
 # The peers we compare against (wandb, MLflow) only for benchmarks.
 $(BENCH_STAMP): $(STAMP)
-	$(PYTHON) -m pip install -q $(EDITABLE) ".[server,dev,bench]"
+	$(PIP_EDITABLE) -q $(EDITABLE) ".[server,dev,bench]"
 	touch $(BENCH_STAMP)
 
 # Apache Kafka's jars from Maven Central into ~/.cache/runwire (reused by later runs).

@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -100,6 +101,28 @@ def topic_end_offset(bootstrap: str, topic: str) -> int:
         consumer.close()
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of the process's threads so far, summed by OS thread name (gRPC core names its
+    threads; Python threads are named after the process)."""
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rpartition(")")[2].split()
+        except OSError:  # the thread ended
+            continue
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def start_profile(pid: int, path: Path) -> subprocess.Popen | None:
+    """py-spy sampling the gateway's Python threads into PATH (collapsed stacks, one per thread)."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen([spy, "record", "--pid", str(pid), "--rate", "50", "--threads", "--format", "raw",
+                             "--output", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def measure(kafka_bootstrap: str, server: str, streams: int, args) -> dict:
     import psutil
 
@@ -115,6 +138,7 @@ def measure(kafka_bootstrap: str, server: str, streams: int, args) -> dict:
         offset_before = topic_end_offset(kafka_bootstrap, "runwire.metrics")
         process = psutil.Process(gateway.pid)
         cpu_before = sum(process.cpu_times()[:2])
+        threads_before = thread_cpu(gateway.pid)
         # Every stream opens first; all start sending at the same moment.
         start_at = time.time() + 5 + streams / 250
         processes = args.client_processes or max(2, -(-streams // 1000))
@@ -130,12 +154,18 @@ def measure(kafka_bootstrap: str, server: str, streams: int, args) -> dict:
             peak_rss = max(peak_rss, process.memory_info().rss)
             time.sleep(0.5)
         started = time.perf_counter()
+        profile = start_profile(gateway.pid, Path(args.profile) / f"{server}-{streams}.txt") if args.profile else None
         while any(c.poll() is None for c in clients):
             peak_threads = max(peak_threads, process.num_threads())
             peak_rss = max(peak_rss, process.memory_info().rss)
             time.sleep(0.5)
         elapsed = time.perf_counter() - started
         cpu = sum(process.cpu_times()[:2]) - cpu_before
+        by_thread = {name: round(seconds - threads_before.get(name, 0.0), 2)
+                     for name, seconds in thread_cpu(gateway.pid).items()}
+        if profile is not None:
+            profile.send_signal(signal.SIGINT)
+            profile.wait(60)
         total: dict = {"outcomes": {}, "latencies": [], "not_ok": {}, "sent": 0, "acked": 0, "errors": {}}
         for client, out in zip(clients, outputs):
             if client.wait() != 0:
@@ -163,6 +193,8 @@ def measure(kafka_bootstrap: str, server: str, streams: int, args) -> dict:
         "answered_not_ok": total["not_ok"], "stream_errors": total["errors"],
         "gateway_rss_mb": round(peak_rss / 2**20, 1), "gateway_threads": peak_threads,
         "gateway_cpu_share": round(cpu / elapsed / (os.cpu_count() or 1), 3),
+        "gateway_cpu_ms_per_envelope": round(1000 * cpu / max(total["sent"], 1), 3),
+        "gateway_cpu_s_by_thread": dict(sorted(by_thread.items(), key=lambda item: -item[1])),
         "client_processes": len(clients),
     }
     print(json.dumps(result), flush=True)
@@ -180,6 +212,7 @@ def main() -> None:
     parser.add_argument("--max-streams", type=int, default=10_000, help="the gateway's RUNWIRE_MAX_STREAMS")
     parser.add_argument("--client-processes", type=int, default=0, help="default: one per 1,000 streams, at least 2")
     parser.add_argument("--out", default="build/bench/streams.json")
+    parser.add_argument("--profile", default="", help="folder for py-spy profiles of the gateway (py-spy on PATH)")
     parser.add_argument("--client", nargs=5, metavar=("ADDRESS", "FIRST", "COUNT", "START_AT", "OUT"))
     args = parser.parse_args()
     if args.client:

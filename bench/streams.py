@@ -34,6 +34,7 @@ from common import drain, percentile, start_cli, wait_line
 async def one_stream(address: str, index: int, seconds: int, batch, start_at: float, stats: dict) -> None:
     import grpc
 
+    from runwire.exporter import CHANNEL_OPTIONS
     from runwire.proto import telemetry_pb2 as pb
     from runwire.proto.contract import STREAM_METHOD
 
@@ -55,7 +56,7 @@ async def one_stream(address: str, index: int, seconds: int, batch, start_at: fl
     acked = 0
     # A connection of its own, as a training process has (channels in one process to the same
     # address would otherwise share one HTTP/2 connection).
-    async with grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+    async with grpc.aio.insecure_channel(address, options=[*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]) as channel:
         call = channel.stream_stream(STREAM_METHOD, response_deserializer=pb.Ack.FromString)(
             envelopes(), timeout=seconds + 120)
         try:

@@ -110,7 +110,7 @@ def server_options(config: GatewayConfig) -> list[tuple[str, int]]:
     that arrived before the server took them up (3,000 at most), and cancels the rest: when a
     fleet's ranks reconnect at once, thousands of streams arrive together (measured:
     bench/streams.py lost 20 % of 3,000 streams to CANCELLED with the defaults)."""
-    return [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.so_reuseport", 0),
+    return [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.so_reuseport", 0), ("grpc.http2.bdp_probe", 0),
             ("grpc.server.max_pending_requests", config.max_streams),
             ("grpc.server.max_pending_requests_hard_limit", 2 * config.max_streams)]
 

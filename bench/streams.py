@@ -6,11 +6,15 @@ the bottleneck; the asyncio gateway is measured at every S and the thread-per-st
 (`--server threads`) at the first S, in the same run, for the ratio.
 
     python bench/streams.py --out build/bench/streams.json          (make bench-streams)
+    python bench/streams.py --streams 5000 --gateways 1 2 --profile build/gwperf
 
 JSON: `results: [{gateway, streams, ack_p50_s, ack_p99_s, delivered, lost, refused,
-gateway_rss_mb, gateway_cpu_share, ...}]`. delivered: envelopes acknowledged OK (the gateway
-acknowledges after Kafka did; the topic's end offsets are checked to have grown by at least
-that much); lost: envelopes sent and never acknowledged.
+gateway_rss_mb, gateway_cpu_share, gateway_cpu_ms_per_envelope, ...}]`. delivered: envelopes
+acknowledged OK (the gateway acknowledges after Kafka did; the topic's end offsets are checked
+to have grown by at least that much); lost: envelopes sent and never acknowledged.
+gateway_cpu_ms_per_envelope: the gateway's CPU (all its threads, gRPC core's included) per
+envelope sent. `--gateways N` runs N gateway processes, each on its own port, with the streams
+split among them; `--profile DIR` samples the (first) gateway with py-spy while the clients send.
 """
 
 from __future__ import annotations

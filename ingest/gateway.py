@@ -109,8 +109,12 @@ def server_options(config: GatewayConfig) -> list[tuple[str, int]]:
     streams); and let max_streams calls wait to be taken up. gRPC core holds at most 1,000 calls
     that arrived before the server took them up (3,000 at most), and cancels the rest: when a
     fleet's ranks reconnect at once, thousands of streams arrive together (measured:
-    bench/streams.py lost 20 % of 3,000 streams to CANCELLED with the defaults)."""
-    return [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.so_reuseport", 0), ("grpc.http2.bdp_probe", 0),
+    bench/streams.py lost 20 % of 3,000 streams to CANCELLED with the defaults). BDP probing is
+    off, as on the emitter's channel (runwire.exporter.CHANNEL_OPTIONS): on streams that send an
+    envelope a second it pinged at nearly every message, and gRPC core's threads spent twice the
+    CPU (bench/streams.py, gateway_cpu_s_by_thread)."""
+    return [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.so_reuseport", 0),
+            ("grpc.http2.bdp_probe", 0),
             ("grpc.server.max_pending_requests", config.max_streams),
             ("grpc.server.max_pending_requests_hard_limit", 2 * config.max_streams)]
 

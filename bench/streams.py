@@ -123,6 +123,8 @@ def thread_cpu(pid: int) -> dict[str, float]:
 def start_profile(pid: int, path: Path) -> subprocess.Popen | None:
     """py-spy sampling the gateway's Python threads into PATH (collapsed stacks, one per thread)."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        raise SystemExit("--profile needs py-spy: pip install py-spy (it is not a runwire dependency)")
     path.parent.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen([spy, "record", "--pid", str(pid), "--rate", "50", "--threads", "--format", "raw",
                              "--output", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -43,23 +43,33 @@ class Answer:
     body: bytes
 
 
-def exchange(port: int, raw: bytes) -> Answer | None:
-    """Send `raw`, close our side, read the whole answer. None: the server closed without
-    answering (fine for a request that never completed). AssertionError on a hang."""
+def exchange(port: int, raw: bytes, complete: bool = True) -> Answer | None:
+    """Send `raw` and read the whole answer (we ask for "Connection: close"). An incomplete
+    request gets half a second, then we close our side: the server must then answer or close.
+    None: the server closed without answering (fine for a request that never completed).
+    AssertionError on a hang."""
     with socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT_S) as sock:
         try:
             sock.sendall(raw)
-            sock.shutdown(socket.SHUT_WR)
         except (BrokenPipeError, ConnectionResetError):
-            pass  # the server answered (e.g. 413/400) and closed before reading everything
+            pass  # the server answered (e.g. 400) and closed before reading everything
         chunks = []
+        if not complete:
+            sock.settimeout(0.5)
         while True:
             try:
                 chunk = sock.recv(65536)
             except ConnectionResetError:
                 break
             except socket.timeout:
-                raise AssertionError(f"no answer within {IO_TIMEOUT_S} s to {raw[:200]!r}") from None
+                if sock.gettimeout() == IO_TIMEOUT_S:
+                    raise AssertionError(f"no answer within {IO_TIMEOUT_S} s to {raw[:200]!r}") from None
+                sock.settimeout(IO_TIMEOUT_S)
+                try:
+                    sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    break
+                continue
             if not chunk:
                 break
             chunks.append(chunk)
@@ -103,7 +113,7 @@ def request(method: str, target: str, body: bytes = b"", headers: dict[str, str]
     lines = [f"{method} {target} HTTP/1.1", "Host: 127.0.0.1", "Connection: close",
              f"Content-Length: {len(body)}"]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape") + body
 
 
 # -- the servers and their route tables ---------------------------------------------------------
@@ -278,24 +288,26 @@ bodies = st.one_of(
 
 
 @st.composite
-def http_requests(draw, server: Server) -> bytes:
+def http_requests(draw, server: Server) -> tuple[bytes, bool]:
+    """(raw request, whether it is a complete HTTP request)."""
     shape = draw(st.sampled_from(["request", "request", "request", "bytes", "truncated", "bad-length"]))
     if shape == "bytes":
-        return draw(st.binary(min_size=1, max_size=2000))
+        return draw(st.binary(min_size=1, max_size=2000)), False
     method = draw(st.sampled_from(METHODS))
     headers = {}
     if draw(st.booleans()):
         headers["Content-Type"] = draw(st.sampled_from(CONTENT_TYPES))
     raw = request(method, draw(paths(server.routes)), draw(bodies), headers)
     if shape == "truncated":
-        return raw[:draw(st.integers(0, len(raw) - 1))]
+        return raw[:draw(st.integers(0, len(raw) - 1))], False
     if shape == "bad-length":
-        return raw.replace(b"Content-Length: ", b"Content-Length: " + draw(st.sampled_from([b"-", b"9" * 30, b"x"])), 1)
-    return raw
+        bad = draw(st.sampled_from([b"-", b"9" * 30, b"x"]))
+        return raw.replace(b"Content-Length: ", b"Content-Length: " + bad, 1), False
+    return raw, True
 
 
-def check(server: Server, raw: bytes) -> None:
-    answer = exchange(server.port, raw)
+def check(server: Server, raw: bytes, complete: bool) -> None:
+    answer = exchange(server.port, raw, complete)
     if answer is None:
         return
     text = answer.body.decode("utf-8", "replace")
@@ -314,9 +326,11 @@ FUZZ_SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=not L
 # Requests that found bugs (each was a 500, a traceback or a hang before its fix), replayed on
 # every run before the random ones.
 REGRESSIONS: dict[str, list[bytes]] = {
-    "ui": [],
+    "ui": [  # Starlette's plain-text 405, not the API's {"error"}
+        b"POST /api/v1/projects HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+    ],
     "mlflow": [],
-    "metrics": [],
+    "metrics": [b"\x00", b"GET /metrics\r\n\r\n"],  # HTTP/0.9 answers: a bare body, no status line
 }
 
 
@@ -327,14 +341,14 @@ def test_every_endpoint_answers_garbage_with_a_documented_4xx_and_keeps_serving(
     sent = [0]
 
     @FUZZ_SETTINGS
-    @given(raw=http_requests(server))
-    def fuzz(raw):
-        check(server, raw)
+    @given(sent_request=http_requests(server))
+    def fuzz(sent_request):
+        check(server, *sent_request)
         sent[0] += 1
         if sent[0] % 10 == 0:  # good traffic during the garbage
             server.good()
 
     for raw in REGRESSIONS[name]:
-        fuzz = example(raw=raw)(fuzz)
+        fuzz = example(sent_request=(raw, raw.endswith(b"\r\n\r\n")))(fuzz)
     fuzz()
     server.good()

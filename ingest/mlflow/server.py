@@ -98,6 +98,8 @@ def _request_body(method: str, raw: bytes, query) -> dict:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise MlflowError("MALFORMED_REQUEST", "Malformed request: the body is not JSON") from None
+    except RecursionError:  # json's parser recurses once per nesting level
+        raise MlflowError("MALFORMED_REQUEST", "Malformed request: the JSON body is nested too deeply") from None
     if not isinstance(body, dict):
         raise MlflowError("MALFORMED_REQUEST", "Malformed request: the body must be a JSON object")
     return body

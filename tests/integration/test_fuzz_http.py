@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 pytestmark = [pytest.mark.infra, pytest.mark.timeout(600)]
 
 LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
-EXAMPLES = 1500 if LONG else 60
+EXAMPLES = int(os.environ.get("RUNWIRE_FUZZ_EXAMPLES", 1500 if LONG else 60))
 IO_TIMEOUT_S = 20  # an answer slower than this is a hang
 
 
@@ -90,7 +90,9 @@ def parse(data: bytes, raw: bytes) -> Answer:
         name, colon, value = line.partition(":")
         assert colon and name and name.strip() == name, f"bad header line {line!r}"
         headers[name.lower()] = value.strip()
-    if "content-length" in headers:
+    if raw.startswith(b"HEAD "):  # the headers of a GET, no body
+        assert not body, body[:200]
+    elif "content-length" in headers:
         assert len(body) >= int(headers["content-length"]), (headers, len(body))
         body = body[:int(headers["content-length"])]
     elif headers.get("transfer-encoding") == "chunked":
@@ -126,6 +128,7 @@ class Server:
     routes: list[str]                              # paths, "{param}" where the route takes one
     documented: Callable[[str, Answer], None]      # asserts an error answer has the documented body
     good: Callable[[], None]                       # a good request, answered as it should be
+    known: list[str]                               # ids that exist (a run, an experiment): deeper paths
 
 
 def starlette_paths(routes, prefix: str = "") -> list[str]:
@@ -198,6 +201,8 @@ def servers(clickhouse_url, tmp_path_factory):
     metrics = PipelineMetrics()
     metrics.serve("127.0.0.1:0")
     experiment = mlflow.service.ensure_default_experiment()
+    created = exchange(mlflow.port, request("POST", "/api/2.0/mlflow/runs/create", b'{"experiment_id": "0"}'))
+    known = [json_body(created)["run"]["info"]["run_id"], "0", "Default"]
 
     def mlflow_good() -> None:
         answer = http_get(mlflow.port, "/api/2.0/mlflow/experiments/get?experiment_id=0")
@@ -206,12 +211,12 @@ def servers(clickhouse_url, tmp_path_factory):
     try:
         yield [
             Server("ui", ui.port, starlette_paths(app.routes), ui_documented,
-                   lambda: json_body(http_get(ui.port, "/api/v1/projects"))["projects"]),
+                   lambda: json_body(http_get(ui.port, "/api/v1/projects"))["projects"], known),
             Server("mlflow", mlflow.port, starlette_paths(mlflow._server.config.app.routes), mlflow_documented,
-                   mlflow_good),
+                   mlflow_good, known),
             # prometheus-client has no route table: it serves the registry on every path.
             Server("metrics", metrics.port, ["/metrics"], metrics_documented,
-                   lambda: b"runwire_ingest_insert_seconds" in http_get(metrics.port, "/metrics").body),
+                   lambda: b"runwire_ingest_insert_seconds" in http_get(metrics.port, "/metrics").body, known),
         ]
     finally:
         metrics.close()
@@ -236,9 +241,9 @@ query_values = st.one_of(huge_numbers, segments, st.text(max_size=50).map(lambda
 
 
 @st.composite
-def paths(draw, routes: list[str]) -> str:
+def paths(draw, routes: list[str], known: list[str]) -> str:
     path = draw(st.sampled_from(routes))
-    path = re.sub(r"\{\w+\}", lambda _: draw(segments), path)
+    path = re.sub(r"\{\w+\}", lambda _: draw(st.one_of(segments, st.sampled_from(known))), path)
     mutation = draw(st.sampled_from(["none", "prefix", "suffix", "traversal", "double", "case"]))
     if mutation == "prefix":
         path = "/" + draw(segments) + path
@@ -253,7 +258,8 @@ def paths(draw, routes: list[str]) -> str:
     keys = st.sampled_from(["run", "run_id", "project", "filter", "limit", "offset", "buckets", "lo", "hi", "x",
                             "metric", "max_results", "experiment_id", "experiment_ids", "page_token", "run_ids",
                             "metric_key", "start_step", "end_step", "window_s", "state", "desc", "sort", "name"])
-    pairs = draw(st.lists(st.tuples(st.one_of(keys, segments), query_values), max_size=6))
+    values = st.one_of(query_values, st.sampled_from(known))
+    pairs = draw(st.lists(st.tuples(st.one_of(keys, segments), values), max_size=6))
     if pairs:
         path += "?" + "&".join(f"{k}={v}" for k, v in pairs)
     return path
@@ -265,26 +271,43 @@ def nested(depth: int, kind: str) -> bytes:
     return b'{"a":' * depth + b"1" + b"}" * depth
 
 
-json_values = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.floats(allow_nan=False), st.integers(min_value=-(2**70), max_value=2**70),
-              st.text(max_size=20), huge_numbers),
-    lambda children: st.one_of(st.lists(children, max_size=4), st.dictionaries(st.text(max_size=10), children,
-                                                                                max_size=4)),
-    max_leaves=12)
+def json_values(known: list[str]):
+    return st.recursive(
+        st.one_of(st.none(), st.booleans(), st.floats(allow_nan=False),
+                  st.integers(min_value=-(2**70), max_value=2**70), st.text(max_size=20), huge_numbers,
+                  st.sampled_from(known)),
+        lambda children: st.one_of(st.lists(children, max_size=4),
+                                   st.dictionaries(st.one_of(field_names, st.text(max_size=10)), children, max_size=4)),
+        max_leaves=12)
+
+
 field_names = st.sampled_from(["experiment_id", "run_id", "run_uuid", "name", "key", "value", "timestamp", "step",
                                "metrics", "params", "tags", "max_results", "page_token", "experiment_ids",
                                "filter", "order_by", "start_time", "end_time", "status", "run_ids", "metric_key",
                                "datasets", "new_name", "max_results", "start_step", "end_step"])
-bodies = st.one_of(
-    st.just(b""),
-    st.binary(max_size=3000),
-    st.dictionaries(field_names, json_values, max_size=6).map(lambda d: json.dumps(d).encode()),
-    st.dictionaries(field_names, json_values, min_size=1, max_size=6).flatmap(
-        lambda d: st.integers(0, len(json.dumps(d)) - 1).map(lambda cut: json.dumps(d).encode()[:cut])),
-    st.builds(nested, st.sampled_from([1000, 100_000]), st.sampled_from(["list", "dict"])),
-    st.just(b'{"metrics": [' + b'{"key": "k", "value": 1, "timestamp": 1, "step": 1},' * 20_000 + b'{}]}'),
-    st.just(b'"' + b"x" * 2_000_000 + b'"'),
-)
+def bodies(known: list[str]):
+    values = json_values(known)
+    objects = st.dictionaries(field_names, values, max_size=6).map(lambda d: json.dumps(d).encode())
+    numbers = st.one_of(st.integers(min_value=-(2**70), max_value=2**70), st.floats(), huge_numbers, values)
+    entries = st.fixed_dictionaries({"key": st.one_of(st.text(max_size=300), values), "value": numbers},
+                                    optional={"timestamp": numbers, "step": numbers})
+    # What the write endpoints take (log-batch, log-metric, log-parameter, set-tag...), filled with
+    # absurd values for a run that exists, so requests get past the run lookup.
+    writes = st.fixed_dictionaries(
+        {"run_id": st.one_of(st.sampled_from(known), values)},
+        optional={"metrics": st.lists(entries, max_size=5), "params": st.lists(entries, max_size=5),
+                  "tags": st.lists(entries, max_size=5), "key": values, "value": numbers, "timestamp": numbers,
+                  "step": numbers, "experiment_id": st.one_of(st.sampled_from(known), values)},
+    ).map(lambda d: json.dumps(d).encode())
+    return st.one_of(
+        st.just(b""),
+        st.binary(max_size=3000),
+        objects, writes, writes,
+        objects.filter(len).flatmap(lambda d: st.integers(0, len(d) - 1).map(lambda cut: d[:cut])),
+        st.builds(nested, st.sampled_from([1000, 100_000]), st.sampled_from(["list", "dict"])),
+        st.just(b'{"metrics": [' + b'{"key": "k", "value": 1, "timestamp": 1, "step": 1},' * 20_000 + b'{}]}'),
+        st.just(b'"' + b"x" * 2_000_000 + b'"'),
+    )
 
 
 @st.composite
@@ -293,11 +316,11 @@ def http_requests(draw, server: Server) -> tuple[bytes, bool]:
     shape = draw(st.sampled_from(["request", "request", "request", "bytes", "truncated", "bad-length"]))
     if shape == "bytes":
         return draw(st.binary(min_size=1, max_size=2000)), False
-    method = draw(st.sampled_from(METHODS))
+    method = draw(st.one_of(st.just("POST"), st.just("GET"), st.sampled_from(METHODS)))
     headers = {}
     if draw(st.booleans()):
         headers["Content-Type"] = draw(st.sampled_from(CONTENT_TYPES))
-    raw = request(method, draw(paths(server.routes)), draw(bodies), headers)
+    raw = request(method, draw(paths(server.routes, server.known)), draw(bodies(server.known)), headers)
     if shape == "truncated":
         return raw[:draw(st.integers(0, len(raw) - 1))], False
     if shape == "bad-length":
@@ -329,7 +352,10 @@ REGRESSIONS: dict[str, list[bytes]] = {
     "ui": [  # Starlette's plain-text 405, not the API's {"error"}
         b"POST /api/v1/projects HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
     ],
-    "mlflow": [],
+    "mlflow": [  # json's RecursionError became INTERNAL_ERROR (500)
+        request("POST", "/api/2.0/mlflow/runs/log-batch", nested(100_000, "list"), {"Content-Type": "application/json"}),
+        request("POST", "/api/2.0/mlflow/experiments/create", nested(100_000, "dict")),
+    ],
     "metrics": [b"\x00", b"GET /metrics\r\n\r\n"],  # HTTP/0.9 answers: a bare body, no status line
 }
 

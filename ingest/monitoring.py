@@ -64,7 +64,7 @@ class PipelineMetrics:
         class Server(ThreadingWSGIServer):
             address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
 
-        self._server = make_server(host, int(port), make_wsgi_app(self.registry), Server, handler_class=_Handler)
+        self._server = make_server(host, int(port), _head_as_get(make_wsgi_app(self.registry)), Server, handler_class=_Handler)
         threading.Thread(target=self._server.serve_forever, name="runwire-metrics", daemon=True).start()
         self.port = self._server.server_port
         return self.port
@@ -74,6 +74,23 @@ class PipelineMetrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+def _head_as_get(app):
+    """HEAD answered as GET without the body: prometheus-client refuses HEAD with a 405 that
+    carries a body, which wsgiref sends, and a client then reads it as the next response."""
+
+    def wsgi(environ, start_response):
+        if environ.get("REQUEST_METHOD") != "HEAD":
+            return app(environ, start_response)
+        answered = []
+        body = b"".join(app(dict(environ, REQUEST_METHOD="GET"), lambda *args: answered.append(args)))
+        status, headers = answered[-1][:2]
+        headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+        start_response(status, headers + [("Content-Length", str(len(body)))])
+        return []
+
+    return wsgi
 
 
 class _Handler(WSGIRequestHandler):

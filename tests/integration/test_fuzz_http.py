@@ -90,7 +90,7 @@ def parse(data: bytes, raw: bytes) -> Answer:
         name, colon, value = line.partition(":")
         assert colon and name and name.strip() == name, f"bad header line {line!r}"
         headers[name.lower()] = value.strip()
-    if raw.startswith(b"HEAD "):  # the headers of a GET, no body
+    if raw.startswith(b"HEAD ") and body != PROTOCOL_ERROR:  # the headers of a GET, no body
         assert not body, body[:200]
     elif "content-length" in headers:
         assert len(body) >= int(headers["content-length"]), (headers, len(body))
@@ -336,7 +336,7 @@ def check(server: Server, raw: bytes, complete: bool) -> None:
     text = answer.body.decode("utf-8", "replace")
     assert "Traceback" not in text and 'File "' not in text, text[:2000]
     assert answer.status < 500, (server.name, raw[:300], answer.status, text[:500])
-    if answer.status >= 400:
+    if answer.status >= 400 and answer.body:  # (HEAD: no body)
         target = raw.split(b" ")[1].decode("latin-1") if raw.count(b" ") >= 2 else ""
         server.documented(target, answer)
 
@@ -356,7 +356,10 @@ REGRESSIONS: dict[str, list[bytes]] = {
         request("POST", "/api/2.0/mlflow/runs/log-batch", nested(100_000, "list"), {"Content-Type": "application/json"}),
         request("POST", "/api/2.0/mlflow/experiments/create", nested(100_000, "dict")),
     ],
-    "metrics": [b"\x00", b"GET /metrics\r\n\r\n"],  # HTTP/0.9 answers: a bare body, no status line
+    "metrics": [
+        b"\x00", b"GET /metrics\r\n\r\n",  # HTTP/0.9 answers: a bare body, no status line
+        request("HEAD", "/metrics"),  # a 405 with a body: the client reads it as the next response
+    ],
 }
 
 

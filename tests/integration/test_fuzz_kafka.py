@@ -258,11 +258,13 @@ def test_garbage_in_every_topic_is_dead_lettered_and_good_traffic_is_stored_once
 
     # Every bad record dead-lettered once, with its reason; nothing of them stored.
     assert len(letters) == len(bad), (len(letters), len(bad))
-    reasons = {}
+    reasons = {}  # (source topic, value) -> reasons, in the order the topic held them
     for letter in letters:
-        reasons.setdefault(letter.value, []).append(dict(letter.headers)["runwire.reason"].decode())
+        headers = dict(letter.headers)
+        reasons.setdefault((headers["runwire.topic"].decode(), letter.value), []).append(
+            headers["runwire.reason"].decode())
     for kind, value, reason in bad:
-        got = reasons[value].pop(0)
+        got = reasons[(topics[kind], value)].pop(0)
         if reason is None:
             assert got.startswith(POISON_REASONS), (value, got)
         else:

@@ -38,8 +38,8 @@ from mlflow_helpers import wait_for
 pytestmark = [pytest.mark.infra, pytest.mark.timeout(600)]
 
 LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
-RANDOM_RECORDS = 400 if LONG else 24   # per topic
-GOOD_STEPS = 3000 if LONG else 300     # per phase: before, during, after
+RANDOM_RECORDS = 3000 if LONG else 24  # per topic
+GOOD_STEPS = 20_000 if LONG else 300  # per phase: before, during, after
 NOW = 1_700_000_000_000_000_000
 
 

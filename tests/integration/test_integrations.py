@@ -48,6 +48,20 @@ def _counts(stack, run_id):
         "GROUP BY rank, name ORDER BY rank, name", parameters={"r": run_id}).result_rows
 
 
+def _finished_ranks(stack, run_id, world_size):
+    """(rank, world_size, status) of the run's ranks, once ``world_size`` of them finished."""
+    def finished():
+        rows = stack.client().query("SELECT rank, world_size, status FROM run_ranks FINAL WHERE run_id = {r:String} "
+                                    "ORDER BY rank", parameters={"r": run_id}).result_rows
+        return rows if len(rows) == world_size and all(r[2] == "FINISHED" for r in rows) else None
+    return wait_for(finished, what=f"{world_size} finished ranks")
+
+
+def _params(stack, run_id) -> dict:
+    return dict(stack.client().query("SELECT key, value FROM params FINAL WHERE run_id = {r:String}",
+                                     parameters={"r": run_id}).result_rows)
+
+
 def test_lightning_logger_two_ddp_ranks(stack, tmp_path):
     project = f"lightning-{uuid.uuid4().hex[:6]}"
     run_id = _train(stack, tmp_path, "lightning", project)
@@ -56,12 +70,8 @@ def test_lightning_logger_two_ddp_ranks(stack, tmp_path):
     expected = [(rank, name, steps, 0, steps - 1) for rank in (0, 1) for name in ("epoch", "train_loss")]
     assert wait_for(lambda: _counts(stack, run_id) == expected or None, what="both ranks' metrics") is True
     client = stack.client()
-    ranks = wait_for(lambda: (lambda rows: rows if len(rows) == 2 and all(r[2] == "FINISHED" for r in rows) else None)(
-        client.query("SELECT rank, world_size, status FROM run_ranks FINAL WHERE run_id = {r:String} ORDER BY rank",
-                     parameters={"r": run_id}).result_rows), what="two finished ranks")
-    assert ranks == [(0, 2, "FINISHED"), (1, 2, "FINISHED")]
-    params = dict(client.query("SELECT key, value FROM params FINAL WHERE run_id = {r:String}",
-                               parameters={"r": run_id}).result_rows)
+    assert _finished_ranks(stack, run_id, 2) == [(0, 2, "FINISHED"), (1, 2, "FINISHED")]
+    params = _params(stack, run_id)
     assert params == {"hidden": "8", "lr": "0.05"}
     assert client.query("SELECT toString(project), name FROM runs FINAL WHERE run_id = {r:String}",
                         parameters={"r": run_id}).result_rows == [(project, "tiny-lightning")]
@@ -78,8 +88,7 @@ def test_huggingface_callback(stack, tmp_path):
     assert by_name["loss"] == (6, 1, 6) and by_name["learning_rate"] == (6, 1, 6)
     assert by_name["train_loss"] == (1, 6, 6) and by_name["train_runtime"] == (1, 6, 6)
     client = stack.client()
-    params = dict(client.query("SELECT key, value FROM params FINAL WHERE run_id = {r:String}",
-                               parameters={"r": run_id}).result_rows)
+    params = _params(stack, run_id)
     assert params["max_steps"] == "6" and params["model.hidden_size"] == "16"
     status = wait_for(lambda: client.query("SELECT status, name FROM runs FINAL WHERE run_id = {r:String}",
                                            parameters={"r": run_id}).result_rows or None, what="the run row")
@@ -106,13 +115,9 @@ def test_huggingface_callback_two_torchrun_ranks(stack, tmp_path):
                           "WHERE run_id = {r:String} AND name = 'loss' ORDER BY rank, step) GROUP BY rank ORDER BY rank",
                           parameters={"r": run_id}).result_rows
     assert losses[0][1] == losses[1][1]
-    ranks = wait_for(lambda: (lambda rows: rows if len(rows) == 2 and all(r[2] == "FINISHED" for r in rows) else None)(
-        client.query("SELECT rank, world_size, status FROM run_ranks FINAL WHERE run_id = {r:String} ORDER BY rank",
-                     parameters={"r": run_id}).result_rows), what="two finished ranks")
-    assert ranks == [(0, 2, "FINISHED"), (1, 2, "FINISHED")]
-    # Params come from the main process only (one value per key, world size as the Trainer saw it).
-    params = dict(client.query("SELECT key, value FROM params FINAL WHERE run_id = {r:String}",
-                               parameters={"r": run_id}).result_rows)
+    assert _finished_ranks(stack, run_id, 2) == [(0, 2, "FINISHED"), (1, 2, "FINISHED")]
+    # Params come from the main process only.
+    params = _params(stack, run_id)
     assert params["max_steps"] == "6" and params["model.hidden_size"] == "16"
     assert client.query("SELECT toString(project), name, status FROM runs FINAL WHERE run_id = {r:String}",
                         parameters={"r": run_id}).result_rows == [(project, "tiny-bert", "FINISHED")]

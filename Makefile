@@ -62,9 +62,12 @@ test: install kafka-jars chromium lint-imports
 lint-imports: install
 	$(VENV)/bin/lint-imports
 
-# The property-based tests with many more examples than `make test` runs.
-fuzz: install
-	HYPOTHESIS_PROFILE=long $(PYTHON) -m pytest tests/unit/test_properties.py tests/unit/test_gateway_fuzz.py -ra $(PYTEST_ARGS)
+# The property-based tests and the fuzzing of every entry point (gRPC, HTTP, Kafka topics),
+# with many more examples than `make test` runs.
+fuzz: install kafka-jars
+	HYPOTHESIS_PROFILE=long RUNWIRE_REQUIRE_INFRA=1 $(PYTHON) -m pytest tests/unit/test_properties.py \
+		tests/unit/test_gateway_fuzz.py tests/integration/test_fuzz_http.py tests/integration/test_fuzz_kafka.py \
+		-ra $(PYTEST_ARGS)
 
 test-unit: install
 	$(PYTHON) -m pytest tests/unit -ra $(PYTEST_ARGS)

@@ -49,7 +49,7 @@ class Measured:
 MEASURED = Measured(
     gateway_us_per_point=0.233, kafka_us_per_point=0.185, ingest_us_per_point=0.205,
     clickhouse_us_per_point=0.888, gateway_us_per_envelope=400.0, disk_bytes_per_point=1.79,
-    disk_bytes_per_gpu_sample=41.2, kafka_bytes_per_point=28.0, streams_per_gateway=1_000,
+    disk_bytes_per_gpu_sample=41.2, kafka_bytes_per_point=28.1, streams_per_gateway=1_000,
 )
 SOURCES = ("`make bench-e2e` (`cpu_us_per_point`, `bytes_per_point`), `make bench-streams` (CPU per "
            "envelope, streams per process at ack p99 <= 1 s), `bench/query.py` (bytes per GPU sample)")

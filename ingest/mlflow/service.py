@@ -194,13 +194,7 @@ class MlflowService:
         return {"experiment": P.experiment_json(rows[0])}
 
     def search_experiments(self, body, raw, allowed):
-        stages = _VIEW_TYPES.get(str(body.get("view_type") or "ACTIVE_ONLY"))
-        if stages is None:
-            raise invalid(f"Invalid view_type {body.get('view_type')!r}")
-        max_results = P.as_int(body.get("max_results"), "max_results", 1000)
-        if not 0 < max_results <= P.MAX_SEARCH_RESULTS:
-            raise invalid(f"Invalid value {max_results} for parameter 'max_results' supplied. It must be at most "
-                          f"{P.MAX_SEARCH_RESULTS}")
+        stages, max_results = _search_scope(body, "view_type")
         matches = _experiment_matcher(body.get("filter") or "")
         rows = [e for e in self.queries.mlflow_experiments() if e["lifecycle_stage"] in stages and matches(e)
                 and (allowed is None or e["project"] in allowed)]
@@ -353,13 +347,7 @@ class MlflowService:
         return self._set_run_stage(body, allowed, ACTIVE)
 
     def search_runs(self, body, raw, allowed):
-        stages = _VIEW_TYPES.get(str(body.get("run_view_type") or "ACTIVE_ONLY"))
-        if stages is None:
-            raise invalid(f"Invalid run_view_type {body.get('run_view_type')!r}")
-        max_results = P.as_int(body.get("max_results"), "max_results", 1000)
-        if not 0 < max_results <= P.MAX_SEARCH_RESULTS:
-            raise invalid(f"Invalid value {max_results} for parameter 'max_results' supplied. It must be at most "
-                          f"{P.MAX_SEARCH_RESULTS}")
+        stages, max_results = _search_scope(body, "run_view_type")
         experiments = [self._experiment(e, allowed) for e in body.get("experiment_ids") or []]
         projects = sorted({e["project"] for e in experiments})
         offset = P.decode_page_token(body.get("page_token"))
@@ -513,6 +501,18 @@ class MlflowService:
             out.extend({"key": key, "value": P.json_value(p["value"]), "timestamp": p["timestamp"], "step": p["step"],
                         "run_id": run_id} for p in sample_bulk_interval(history, max_results, start, end))
         return {"metrics": out}
+
+
+def _search_scope(body: dict, view_field: str) -> tuple[tuple[str, ...], int]:
+    """A search request's lifecycle stages (from ``view_field``) and max_results, checked as MLflow does."""
+    stages = _VIEW_TYPES.get(str(body.get(view_field) or "ACTIVE_ONLY"))
+    if stages is None:
+        raise invalid(f"Invalid {view_field} {body.get(view_field)!r}")
+    max_results = P.as_int(body.get("max_results"), "max_results", 1000)
+    if not 0 < max_results <= P.MAX_SEARCH_RESULTS:
+        raise invalid(f"Invalid value {max_results} for parameter 'max_results' supplied. It must be at most "
+                      f"{P.MAX_SEARCH_RESULTS}")
+    return stages, max_results
 
 
 def sample_bulk_interval(history: list[dict], max_results: int, start: int | None, end: int | None) -> list[dict]:

@@ -760,10 +760,16 @@ class RunQueries:
     def list_artifacts(self, run_id: str, project: str | None = None) -> list[dict]:
         """The run's artifacts by name: type, digest (of the manifest), size_bytes, files, store,
         endpoint, metadata (JSON text). Only artifacts whose every byte is in the store."""
-        project = self._resolve([run_id], project)[run_id]
+        return self.run_artifacts(self._resolve([run_id], project)[run_id], run_id)
+
+    def run_artifacts(self, project: str, run_id: str) -> list[dict]:
+        """list_artifacts of a run known to be in ``project`` (no look-up of the run: the MLflow
+        API lists a run's artifacts before ingest may have stored its start). Deleted artifacts
+        (a record whose newest value is not a record, so its digest is empty) are left out."""
         return self._query(
             f"SELECT {self._ARTIFACT_COLUMNS} FROM artifacts FINAL "
-            "WHERE project = {p:String} AND run_id = {r:String} ORDER BY name", {"p": project, "r": run_id})
+            "WHERE project = {p:String} AND run_id = {r:String} AND digest != '' ORDER BY name",
+            {"p": project, "r": run_id})
 
     def get_artifact(self, run_id: str, name: str, project: str | None = None) -> dict:
         """One artifact of a run (see list_artifacts); NotFound when the run has none by that name."""
@@ -850,7 +856,9 @@ class RunQueries:
             " UNION ALL SELECT 'inputs', run_id, name,"
             " toJSONString((digest, source_type, source, schema, profile, input_tags, context)), nan, 0, 0"
             " FROM mlflow_inputs FINAL WHERE run_id IN {rs:Array(String)}"
-            ") WHERE NOT (kind = 'tags' AND value = {tomb:String}) ORDER BY kind, run_id, key, value", params)
+            # Artifact records are shown as the run's artifacts, not as MLflow tags.
+            ") WHERE NOT (kind = 'tags' AND (value = {tomb:String} OR startsWith(key, 'runwire.artifact.')))"
+            " ORDER BY kind, run_id, key, value", params)
         for row in rows:
             data = out.get(row["run_id"])
             if data is None:

@@ -83,6 +83,8 @@ class MlflowService:
         self._experiments = _Ttl(cache_ttl_s)
         self._create_lock = threading.Lock()
         self.counters = {"envelopes": 0, "points": 0}
+        self.artifacts = None  # the mlflow-artifacts proxy (runwire.ingest.mlflow.artifacts), when served
+        self.registry = None   # the registry endpoints (runwire.ingest.mlflow.registry), when served
 
     # --- authentication: the gateway's tokens (project -> bearer token) ------------------------
 
@@ -541,6 +543,12 @@ def sample_bulk_interval(history: list[dict], max_results: int, start: int | Non
 def _experiment_matcher(filter_string: str):
     """A predicate over experiment rows for search_experiments' filter: ``name`` (=, !=, LIKE,
     ILIKE) and ``tags.KEY`` comparisons joined by AND."""
+    return record_matcher(filter_string, {"name": lambda e: e["name"]}, "search_experiments")
+
+
+def record_matcher(filter_string: str, attributes: dict, what: str):
+    """A predicate over rows (dicts with a ``tags`` dict) for a search filter: the given
+    attributes (name -> getter) and ``tags.KEY``, string comparisons joined by AND."""
     from runwire.storage import filters
 
     try:
@@ -551,16 +559,17 @@ def _experiment_matcher(filter_string: str):
     checks = []
     for term in terms:
         if not isinstance(term, filters.Comparison) or isinstance(term.value, float):
-            raise invalid("search_experiments filters support name and tags.KEY string comparisons joined by AND")
-        if term.key.entity == filters.ATTRIBUTES and term.key.key == "name":
-            checks.append((lambda e: e["name"], term))
+            raise invalid(f"{what} filters support {', '.join(attributes)} and tags.KEY string comparisons "
+                          "joined by AND")
+        if term.key.entity == filters.ATTRIBUTES and term.key.key in attributes:
+            checks.append((attributes[term.key.key], term))
         elif term.key.entity == filters.TAGS:
             checks.append(((lambda k: lambda e: e["tags"].get(k))(term.key.key), term))
         else:
-            raise invalid(f"Invalid attribute key '{term.key.key}' specified for search_experiments")
+            raise invalid(f"Invalid attribute key '{term.key.key}' specified for {what}")
 
-    def matches(experiment: dict) -> bool:
-        return all(_compare(get(experiment), term.op, term.value) for get, term in checks)
+    def matches(row: dict) -> bool:
+        return all(_compare(get(row), term.op, term.value) for get, term in checks)
 
     return matches
 

@@ -816,6 +816,26 @@ class RunQueries:
             row["tags"] = dict(row["tags"])
         return rows
 
+    def mlflow_logged_models(self, model_ids: Sequence[str] | None = None,
+                             experiment_ids: Sequence[str] | None = None) -> list[dict]:
+        """Logged-model rows (newest versions; columns of mlflow_logged_models) with these ids or
+        in these experiments, ordered by creation time then id."""
+        where, params = [], {}
+        if model_ids is not None:
+            where.append("model_id IN {ids:Array(String)}")
+            params["ids"] = list(model_ids)
+        if experiment_ids is not None:
+            where.append("experiment_id IN {eids:Array(String)}")
+            params["eids"] = list(experiment_ids)
+        rows = self._query(
+            "SELECT * FROM (SELECT model_id, experiment_id, name, artifact_location, source_run_id, model_type, "
+            "toString(status) AS status, status_message, tags, params, creation_time, last_update_time, "
+            "toString(lifecycle_stage) AS lifecycle_stage FROM mlflow_logged_models FINAL)"
+            + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY creation_time, model_id", params)
+        for row in rows:
+            row["tags"], row["params"] = dict(row["tags"]), dict(row["params"])
+        return rows
+
     def mlflow_runs(self, run_ids: Sequence[str]) -> dict[str, dict]:
         """run_id -> {run_id, project, experiment_id, name, user_id, status, start_time,
         end_time, artifact_uri, lifecycle_stage, deleted_time} (times in ms) for the known ids."""

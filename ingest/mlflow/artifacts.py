@@ -32,6 +32,8 @@ from runwire.storage.mlflow_meta import ACTIVE, DELETED_TAG
 
 MLFLOW_TYPE = "mlflow"  # the artifact type of a file uploaded through this proxy
 _RUN_PATH = re.compile(r"^(?P<experiment>[^/]+)/(?P<run>[0-9a-f]{32})/artifacts(?:/(?P<rel>.*))?$")
+_MODEL_PATH = re.compile(r"^(?P<experiment>[^/]+)/models/(?P<model>m-[0-9a-f]{32})/artifacts(?:/(?P<rel>.*))?$")
+LOGGED_MODELS = "mlflow-logged-models"  # a logged model's files: artifacts of its source run under this name
 _RECENT_S = 300.0  # how long this server's own writes override what storage shows
 
 
@@ -89,16 +91,29 @@ class ArtifactProxy:
 
     # --- the run's file tree -----------------------------------------------------------------
 
-    def _run_of(self, path: str, allowed) -> tuple[dict, str]:
+    def _owner(self, path: str, allowed) -> tuple[dict, str, str]:
+        """(the run holding the files, the name prefix of its records that is this root, the
+        path below the root) for a run's or a logged model's artifact path."""
+        model = _MODEL_PATH.match(path.strip("/"))
+        if model is not None:
+            logged = self.service.logged_models.get(model["model"], allowed)
+            if not logged["source_run_id"]:
+                raise invalid(f"Logged model {logged['model_id']} has no source run: runwire keeps a logged "
+                              "model's files with its run")
+            info = self.service._run(logged["source_run_id"], allowed)
+            return info, f"{LOGGED_MODELS}/{logged['model_id']}/", (model["rel"] or "").strip("/")
         parts = split_run_path(path)
         if parts is None:
-            raise missing(f"No run artifact root in path '{path}': runwire serves "
-                          "<experiment_id>/<run_id>/artifacts/<path>")
+            raise missing(f"No run or logged model artifact root in path '{path}': runwire serves "
+                          "<experiment_id>/<run_id>/artifacts/<path> and <experiment_id>/models/<model_id>/artifacts/<path>")
         experiment_id, run_id, rel = parts
         info = self.service._run(run_id, allowed)
         if info["experiment_id"] != experiment_id:
             raise missing(f"Run {run_id} is not in experiment {experiment_id}")
-        return info, rel
+        return info, "", rel
+
+    def owns(self, path: str) -> bool:
+        return split_run_path(path) is not None or _MODEL_PATH.match(path.strip("/")) is not None
 
     def _records(self, info: dict) -> dict[str, dict]:
         """The run's artifact records by name: storage's, then this server's recent writes."""
@@ -126,10 +141,14 @@ class ArtifactProxy:
                 self._manifests[digest] = files
         return files
 
-    def _files(self, info: dict) -> dict[str, tuple[dict, dict | None]]:
-        """path below the run's root -> (record, manifest entry or None for an MLflow file)."""
+    def _files(self, info: dict, prefix: str = "") -> dict[str, tuple[dict, dict | None]]:
+        """path below the root (the run's, or a logged model's at ``prefix``) -> (record, manifest
+        entry or None for an MLflow file)."""
         out: dict[str, tuple[dict, dict | None]] = {}
         for name, record in self._records(info).items():
+            if not name.startswith(prefix) or (not prefix and name.startswith(LOGGED_MODELS + "/")):
+                continue
+            name = name[len(prefix):]
             if record.get("type") == MLFLOW_TYPE:
                 out[name] = (record, None)
             else:
@@ -156,9 +175,10 @@ class ArtifactProxy:
         """PUT: ``source`` is a local file holding the request's body."""
         import json
 
-        info, rel = self._run_of(safe_path(path), allowed)
+        info, prefix, rel = self._owner(safe_path(path), allowed)
         if not rel:
-            raise invalid("Invalid path: an artifact needs a file name below the run's artifact root")
+            raise invalid("Invalid path: an artifact needs a file name below the artifact root")
+        rel = prefix + rel
         if info["lifecycle_stage"] != ACTIVE:
             raise invalid(f"The run {info['run_id']} must be in the 'active' state. "
                           f"Current state is {info['lifecycle_stage']}.")
@@ -178,8 +198,8 @@ class ArtifactProxy:
     def download(self, path: str, allowed) -> tuple[str, str]:
         """GET: (a temporary directory, the file in it holding the artifact's bytes); the caller
         removes the directory."""
-        info, rel = self._run_of(safe_path(path), allowed)
-        found = self._files(info).get(rel)
+        info, prefix, rel = self._owner(safe_path(path), allowed)
+        found = self._files(info, prefix).get(rel)
         if found is None:
             raise missing(f"No such file or directory: '{rel}'")
         record, entry = found
@@ -193,10 +213,10 @@ class ArtifactProxy:
     def list(self, path: str | None, allowed) -> dict:
         """GET ?path=: the entries directly below ``path``."""
         path = safe_path(path or "")
-        if split_run_path(path) is None:
-            return {}  # not below a run's artifact root: nothing runwire stores there
-        info, rel = self._run_of(path, allowed)
-        files = {p: self._size(record, entry) for p, (record, entry) in self._files(info).items()}
+        if not self.owns(path):
+            return {}  # not below a run's or a logged model's artifact root: nothing runwire stores there
+        info, prefix, rel = self._owner(path, allowed)
+        files = {p: self._size(record, entry) for p, (record, entry) in self._files(info, prefix).items()}
         out = children(files, rel)
         return {"files": out} if out else {}
 
@@ -213,8 +233,10 @@ class ArtifactProxy:
 
     def delete(self, path: str, allowed) -> dict:
         """DELETE: the file, or everything below the directory, at ``path``."""
-        info, rel = self._run_of(safe_path(path), allowed)
-        records = self._records(info)
+        info, prefix, rel = self._owner(safe_path(path), allowed)
+        records = {n: r for n, r in self._records(info).items() if n.startswith(prefix)
+                   and (prefix or not n.startswith(LOGGED_MODELS + "/"))}
+        rel = prefix + rel if rel else prefix.rstrip("/")
         names = [n for n in records if not rel or n == rel or n.startswith(rel + "/")]
         if not names and any(rel.startswith(n + "/") for n in records):
             raise invalid(f"'{rel}' is inside the artifact '{next(n for n in records if rel.startswith(n + '/'))}' "

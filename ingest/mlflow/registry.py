@@ -23,6 +23,7 @@ from runwire.ingest.mlflow.protocol import MlflowError, invalid, missing
 ACTOR = "mlflow-api"          # who the audit history names for changes made through this API
 SOURCE = "mlflow.source"      # lineage key: the version's MLflow source URI
 SOURCE_ONLY = "mlflow.digest_of_source"  # lineage key: the digest is the source URI's, not of files
+STORAGE_LOCATION = "mlflow.storage_location"  # lineage key: where a models:/m-... source's files are
 _STAGES = ("None", "Staging", "Production", "Archived")
 
 
@@ -239,6 +240,8 @@ class MlflowRegistry:
         source = P.required(body, "source")
         run_id = body.get("run_id") or ""
         project = ""
+        if body.get("model_id") and not source.startswith("models:/"):
+            self.service.logged_models.get(body["model_id"], allowed)
         if run_id:
             project = self.service._run(run_id, allowed)["project"]
         digest, store, artifact, lineage = self._digest(source, allowed)
@@ -252,23 +255,27 @@ class MlflowRegistry:
         return {"model_version": version_json(self._version(name, version["version"]))}
 
     def _digest(self, source: str, allowed) -> tuple[str, str, str, dict]:
-        """(digest, store, the artifact path below the run, lineage) for a version's source: a
-        manifest of the files below it when they are a run's artifacts in runwire's store."""
-        path = source.removeprefix("mlflow-artifacts:").lstrip("/") if source.startswith("mlflow-artifacts:") else None
-        parts = split_run_path(path) if path is not None and self.artifacts is not None else None
-        if parts is not None:
-            experiment_id, run_id, rel = parts
-            info = self.service._run(run_id, allowed)
-            prefix = f"{rel}/" if rel else ""
+        """(digest, store, the artifact's name in the run, lineage) for a version's source: a
+        manifest of the files below it when they are in runwire's store (a run's artifacts, a
+        logged model's ``models:/m-...``)."""
+        location, lineage = source, {}
+        if source.startswith("models:/m-"):
+            location = self.service.logged_models.get(source.removeprefix("models:/").strip("/"),
+                                                      allowed)["artifact_location"]
+            lineage[STORAGE_LOCATION] = location
+        path = location.removeprefix("mlflow-artifacts:").lstrip("/") if location.startswith("mlflow-artifacts:") else None
+        if path is not None and self.artifacts is not None and self.artifacts.owns(path):
+            info, prefix, rel = self.artifacts._owner(path, allowed)
+            below = f"{rel}/" if rel else ""
             files = []
-            for file_path, (record, entry) in sorted(self.artifacts._files(info).items()):
-                if file_path.startswith(prefix):
+            for file_path, (record, entry) in sorted(self.artifacts._files(info, prefix).items()):
+                if file_path.startswith(below):
                     entry = entry if entry is not None else self.artifacts._manifest(record)[0]
-                    files.append({"path": file_path[len(prefix):], "sha256": entry["sha256"], "size": entry["size"]})
+                    files.append({"path": file_path[len(below):], "sha256": entry["sha256"], "size": entry["size"]})
             if files:
                 manifest = self.artifacts.backend.put_manifest(files)
-                return manifest["digest"], manifest["store"], rel, {}
-        return hashlib.sha256(source.encode()).hexdigest(), "", "", {SOURCE_ONLY: True}
+                return manifest["digest"], manifest["store"], (prefix + rel).rstrip("/"), lineage
+        return hashlib.sha256(source.encode()).hexdigest(), "", "", {**lineage, SOURCE_ONLY: True}
 
     def get_model_version(self, body, raw, allowed):
         return {"model_version": version_json(self._version(P.required(body, "name"), _version_number(body)))}
@@ -303,7 +310,7 @@ class MlflowRegistry:
 
     def get_model_version_download_uri(self, body, raw, allowed):
         v = self._version(P.required(body, "name"), _version_number(body))
-        return {"artifact_uri": v["lineage"].get(SOURCE, "")}
+        return {"artifact_uri": v["lineage"].get(STORAGE_LOCATION) or v["lineage"].get(SOURCE, "")}
 
     def set_model_version_tag(self, body, raw, allowed):
         v = self._version(P.required(body, "name"), _version_number(body))

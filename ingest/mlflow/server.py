@@ -44,6 +44,7 @@ ROUTES = {
     "/runs/set-tag": "set_tag",
     "/runs/delete-tag": "delete_tag",
     "/runs/log-inputs": "log_inputs",
+    "/runs/outputs": "log_outputs",
     "/metrics/get-history": "get_metric_history",
     "/metrics/get-history-bulk-interval": "get_metric_history_bulk_interval",
 }
@@ -122,7 +123,7 @@ def create_app(service: MlflowService):
     from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
     from starlette.routing import Route
 
-    from runwire.ingest.mlflow import registry as registry_routes
+    from runwire.ingest.mlflow import logged_models, registry as registry_routes
 
     def error(exc: MlflowError) -> Response:
         return JSONResponse(exc.body(), status_code=exc.status)
@@ -145,7 +146,7 @@ def create_app(service: MlflowService):
 
             async def run():
                 raw = await request.body()
-                body = _request_body(request.method, raw, request.query_params)
+                body = {**_request_body(request.method, raw, request.query_params), **request.path_params}
                 allowed = service.allowed_projects(request.headers.get("authorization"))
                 return await run_in_threadpool(handler, body, raw, allowed)
 
@@ -200,6 +201,9 @@ def create_app(service: MlflowService):
     routes = [Route(prefix + path, endpoint({"GET": getattr(service, name), "POST": getattr(service, name)}),
                     methods=["GET", "POST"])
               for prefix in PREFIXES for path, name in ROUTES.items()]
+    routes += [Route(prefix + path, endpoint({m: getattr(service.logged_models, n) for m, n in methods.items()}),
+                     methods=list(methods))
+               for prefix in PREFIXES for path, methods in logged_models.ROUTES.items()]
     if service.registry is not None:
         routes += [Route(prefix + path, endpoint({m: getattr(service.registry, n) for m, n in methods.items()}),
                          methods=list(methods))

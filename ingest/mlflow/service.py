@@ -85,6 +85,9 @@ class MlflowService:
         self.counters = {"envelopes": 0, "points": 0}
         self.artifacts = None  # the mlflow-artifacts proxy (runwire.ingest.mlflow.artifacts), when served
         self.registry = None   # the registry endpoints (runwire.ingest.mlflow.registry), when served
+        from runwire.ingest.mlflow.logged_models import LoggedModels
+
+        self.logged_models = LoggedModels(self)
 
     # --- authentication: the gateway's tokens (project -> bearer token) ------------------------
 
@@ -458,6 +461,14 @@ class MlflowService:
                          "schema": dataset.get("schema") or "", "profile": dataset.get("profile") or "",
                          "input_tags": input_tags, "context": input_tags.get(P.CONTEXT_TAG, "")})
         self.meta.put_inputs(rows)
+        return {}
+
+    def log_outputs(self, body, raw, allowed):
+        """The run's output models: checked, not kept (runwire links a logged model to its run by
+        the model's source_run_id)."""
+        self._active_run(body, allowed)
+        for item in body.get("models") or []:
+            self.logged_models.get(P.required(item, "model_id"), allowed)
         return {}
 
     # --- metric history ----------------------------------------------------------------------

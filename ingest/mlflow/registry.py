@@ -178,7 +178,8 @@ class MlflowRegistry:
     def search_registered_models(self, body, raw, allowed):
         from runwire.ingest.mlflow.service import record_matcher
 
-        matches = record_matcher(body.get("filter") or "", {"name": lambda m: m["name"]}, "search_registered_models")
+        matches = record_matcher(body.get("filter") or "", {"name": lambda m: m["name"]}, "search_registered_models",
+                                 absent_tag_differs=True)
         rows = [model_json(self.registry.get_model(m["name"])) for m in self.registry.list_models()]
         rows = [r for r in rows if matches({"name": r["name"], "tags": {t["key"]: t["value"] for t in r.get("tags", [])}})]
         _sort(rows, list(body.get("order_by") or []),
@@ -297,7 +298,7 @@ class MlflowRegistry:
         from runwire.ingest.mlflow.service import record_matcher
 
         matches = record_matcher(body.get("filter") or "", {"name": lambda v: v["model"], "run_id": lambda v: v["run_id"]},
-                                 "search_model_versions")
+                                 "search_model_versions", absent_tag_differs=True)
         versions = [v for m in self.registry.list_models() for v in self.registry.get_model(m["name"])["versions"]
                     if matches(v)]
         rows = [version_json(v) for v in versions]

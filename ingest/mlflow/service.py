@@ -557,9 +557,11 @@ def _experiment_matcher(filter_string: str):
     return record_matcher(filter_string, {"name": lambda e: e["name"]}, "search_experiments")
 
 
-def record_matcher(filter_string: str, attributes: dict, what: str):
+def record_matcher(filter_string: str, attributes: dict, what: str, absent_tag_differs: bool = False):
     """A predicate over rows (dicts with a ``tags`` dict) for a search filter: the given
-    attributes (name -> getter) and ``tags.KEY``, string comparisons joined by AND."""
+    attributes (name -> getter) and ``tags.KEY``, string comparisons joined by AND.
+    absent_tag_differs: ``tags.K != 'v'`` holds for a row without the tag (MLflow's registry
+    searches: its client adds ``tag.`mlflow.prompt.is_prompt` != 'true'`` to every search)."""
     from runwire.storage import filters
 
     try:
@@ -579,8 +581,13 @@ def record_matcher(filter_string: str, attributes: dict, what: str):
         else:
             raise invalid(f"Invalid attribute key '{term.key.key}' specified for {what}")
 
+    def holds(actual, term) -> bool:
+        if actual is None and absent_tag_differs and term.op == "!=" and term.key.entity == filters.TAGS:
+            return True
+        return _compare(actual, term.op, term.value)
+
     def matches(row: dict) -> bool:
-        return all(_compare(get(row), term.op, term.value) for get, term in checks)
+        return all(holds(get(row), term) for get, term in checks)
 
     return matches
 

@@ -207,6 +207,13 @@ def _registry_scenario(url: str, tmp_path, prefix: str = "") -> dict:
     out["search_like"], out["search_tag"], out["search_all"] = found.values()
     out["versions_by_run"] = sorted(v.version for v in client.search_model_versions(f"run_id = '{run.info.run_id}'"))
     client.delete_registered_model_alias(name, "challenger")
+    # MLflow 3's log_model: a logged model, its files, a version registered from it.
+    with mlflow.start_run() as run2:
+        info = mlflow.sklearn.log_model(model, name="sk", registered_model_name=f"{prefix}logged")
+    same = lambda uri: bool((mlflow.pyfunc.load_model(uri).predict(x) == model.predict(x)).all())  # noqa: E731
+    out["log_model"] = (info.registered_model_version, info.model_uri.startswith("models:/m-"), same(info.model_uri),
+                        same(f"models:/{prefix}logged/1"), same(f"runs:/{run2.info.run_id}/sk"),
+                        sorted(f.path for f in client.list_artifacts(run2.info.run_id, "sk")))
     for call in (lambda: client.get_registered_model("nope"), lambda: client.get_model_version(name, "99"),
                  lambda: client.get_model_version_by_alias(name, "challenger"),
                  lambda: client.set_registered_model_alias(name, "x", "99"),
@@ -225,10 +232,12 @@ def test_registry_with_the_mlflow_client(tracking, rw, tmp_path):
     assert mine["alias"] == ("1", ["champion"]) and mine["predict_equal"]
     assert mine["latest"] == [("1", "Production"), ("2", "Staging")]
     assert mine["after_archive"] == [("1", "Archived"), ("2", "Production")]
-    assert mine["model"] == ("ranker", "ranks things", {"owner": "ana"}, [("champion", "1"), ("challenger", "2")])
+    assert mine["model"] == ("ranker", "ranks things", {"owner": "ana"}, [("challenger", "2"), ("champion", "1")])
     assert mine["v1"] == ("1", "Archived", "first", {"validated": "true"}, "READY", ["champion"])
     assert mine["search_like"] == ["ranker"] and mine["search_all"] == ["other-model", "ranker"]
     assert mine["errors"] == ["RESOURCE_DOES_NOT_EXIST"] * 4 + ["INVALID_PARAMETER_VALUE"]
+    assert mine["log_model"][:5] == ("1", True, True, True, True)
+    assert {"sk/MLmodel", "sk/model.pkl"} <= set(mine["log_model"][5])
 
     # The versions are runwire registry versions: a digest over the model's files, lineage, history.
     from runwire import registry

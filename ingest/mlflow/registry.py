@@ -231,7 +231,7 @@ class MlflowRegistry:
         model = self._model(P.required(body, "name"))
         alias = P.required(body, "alias")
         if alias not in model["aliases"]:
-            raise missing(f"Registered model alias {alias} not found.")
+            raise invalid(f"Registered model alias {alias} not found.")  # MLflow's code for it, not 404
         return {"model_version": version_json(self._version(model["name"], model["aliases"][alias]))}
 
     # --- model versions -----------------------------------------------------------------------

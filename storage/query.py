@@ -799,13 +799,7 @@ class RunQueries:
         """Experiment rows {experiment_id, name, project, artifact_location, lifecycle_stage,
         tags, creation_time, last_update_time} (newest versions) with these ids or names; every
         experiment when both are None. Ordered by experiment_id."""
-        where, params = [], {}
-        if experiment_ids is not None:
-            where.append("experiment_id IN {ids:Array(String)}")
-            params["ids"] = list(experiment_ids)
-        if names is not None:
-            where.append("name IN {names:Array(String)}")
-            params["names"] = list(names)
+        where, params = _in_lists(experiment_id=experiment_ids, name=names)
         # name is not in the sorting key: filter after FINAL picked the newest versions.
         sql = ("SELECT * FROM (SELECT experiment_id, name, project, artifact_location, "
                "toString(lifecycle_stage) AS lifecycle_stage, tags, creation_time, last_update_time "
@@ -820,13 +814,7 @@ class RunQueries:
                              experiment_ids: Sequence[str] | None = None) -> list[dict]:
         """Logged-model rows (newest versions; columns of mlflow_logged_models) with these ids or
         in these experiments, ordered by creation time then id."""
-        where, params = [], {}
-        if model_ids is not None:
-            where.append("model_id IN {ids:Array(String)}")
-            params["ids"] = list(model_ids)
-        if experiment_ids is not None:
-            where.append("experiment_id IN {eids:Array(String)}")
-            params["eids"] = list(experiment_ids)
+        where, params = _in_lists(model_id=model_ids, experiment_id=experiment_ids)
         rows = self._query(
             "SELECT * FROM (SELECT model_id, experiment_id, name, artifact_location, source_run_id, model_type, "
             "toString(status) AS status, status_message, tags, params, creation_time, last_update_time, "
@@ -1347,3 +1335,14 @@ def _combine_ranks(per_rank: str, across_ranks: bool) -> str:
                 f"count() AS ranks FROM ({per_rank}) GROUP BY bucket_start ORDER BY bucket_start")
     return (f"SELECT bucket_start, rank, r_min AS min, r_max AS max, r_point.3 AS last, r_count AS count "
             f"FROM ({per_rank}) ORDER BY rank, bucket_start")
+
+
+def _in_lists(**columns: Sequence[str] | None) -> tuple[list[str], dict]:
+    """``column IN {column:Array(String)}`` conditions (and their parameters) for the columns
+    given a list; None: no condition on that column."""
+    where, params = [], {}
+    for column, values in columns.items():
+        if values is not None:
+            where.append(f"{column} IN {{{column}:Array(String)}}")
+            params[column] = list(values)
+    return where, params

@@ -23,6 +23,7 @@ import re
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import PurePosixPath
 from urllib.parse import unquote
 
@@ -164,9 +165,10 @@ class ArtifactProxy:
         with self._lock:
             self._recent.setdefault(run_id, {})[name] = (time.monotonic(), record)
 
-    def _send_record(self, info: dict, name: str, value: str, request_key: str) -> None:
-        ident = P.identity(info["project"], info["run_id"],
-                           P.stream_id("artifact", info["run_id"], request_key.encode()))
+    def _send_record(self, info: dict, name: str, value: str) -> None:
+        # A stream of its own per request: an upload after a delete of the same bytes must not
+        # collapse into the first upload's batch (a retried PUT stores the same value again: harmless).
+        ident = P.identity(info["project"], info["run_id"], f"mlflow-artifact-{uuid.uuid4().hex}")
         self.service._send([P.tags_envelope(ident, 1, {self.backend.tag_prefix + name: value})])
 
     # --- endpoints -----------------------------------------------------------------------------
@@ -190,7 +192,7 @@ class ArtifactProxy:
         except ValueError as exc:  # a name runwire's artifact records refuse
             raise invalid(f"Invalid path: {exc}") from None
         [value] = tags.values()
-        self._send_record(info, rel, value, f"{rel}\0{value}")
+        self._send_record(info, rel, value)
         record = json.loads(value)
         self._remember(info["run_id"], rel, {**record, "name": rel, "size_bytes": record["size"]})
         return {}
@@ -242,6 +244,6 @@ class ArtifactProxy:
             raise invalid(f"'{rel}' is inside the artifact '{next(n for n in records if rel.startswith(n + '/'))}' "
                           "logged by runwire: delete the whole artifact")
         for name in names:
-            self._send_record(info, name, DELETED_TAG, f"delete\0{name}\0{records[name]['digest']}")
+            self._send_record(info, name, DELETED_TAG)
             self._remember(info["run_id"], name, None)
         return {}

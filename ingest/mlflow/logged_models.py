@@ -86,41 +86,41 @@ class LoggedModels:
     def get_model(self, body, raw, allowed):
         return {"model": model_json(self.get(P.required(body, "model_id"), allowed))}
 
-    def finalize(self, body, raw, allowed):
+    def _update(self, body, allowed, change) -> dict:
+        """Read the model, ``change`` a copy of it, store that; the new row."""
         model = dict(self.get(P.required(body, "model_id"), allowed))
+        change(model)
+        self._put(model)
+        return model
+
+    def finalize(self, body, raw, allowed):
         status = str(P.required(body, "status"))
         status = _STATUS_NUMBERS.get(status, status)
         if status not in STATUSES:
             raise invalid(f"Invalid logged model status {status!r}")
-        model["status"] = status
-        self._put(model)
-        return {"model": model_json(model)}
+        return {"model": model_json(self._update(body, allowed, lambda m: m.update(status=status)))}
 
     def delete(self, body, raw, allowed):
-        model = dict(self.get(P.required(body, "model_id"), allowed))
-        model["lifecycle_stage"] = DELETED
-        self._put(model)
+        self._update(body, allowed, lambda m: m.update(lifecycle_stage=DELETED))
         return {}
 
     def set_tags(self, body, raw, allowed):
-        model = dict(self.get(P.required(body, "model_id"), allowed))
-        model["tags"] = {**model["tags"], **_kv(body.get("tags"))}
-        self._put(model)
+        self._update(body, allowed, lambda m: m.update(tags={**m["tags"], **_kv(body.get("tags"))}))
         return {}
 
     def delete_tag(self, body, raw, allowed):
-        model = dict(self.get(P.required(body, "model_id"), allowed))
         key = P.required(body, "tag_key")
-        if key not in model["tags"]:
-            raise missing(f"No tag with key {key!r} found for logged model {model['model_id']}.")
-        model["tags"] = {k: v for k, v in model["tags"].items() if k != key}
-        self._put(model)
+
+        def drop(model: dict) -> None:
+            if key not in model["tags"]:
+                raise missing(f"No tag with key {key!r} found for logged model {model['model_id']}.")
+            model["tags"] = {k: v for k, v in model["tags"].items() if k != key}
+
+        self._update(body, allowed, drop)
         return {}
 
     def log_params(self, body, raw, allowed):
-        model = dict(self.get(P.required(body, "model_id"), allowed))
-        model["params"] = {**model["params"], **_kv(body.get("params"))}
-        self._put(model)
+        self._update(body, allowed, lambda m: m.update(params={**m["params"], **_kv(body.get("params"))}))
         return {}
 
     def search(self, body, raw, allowed):
@@ -133,12 +133,7 @@ class LoggedModels:
             rows.update({k: m for k, m in self._recent.items() if m["experiment_id"] in experiment_ids})
         found = sorted((m for m in rows.values() if m["lifecycle_stage"] == ACTIVE and matches(m)),
                        key=lambda m: (-m["creation_time"], m["model_id"]))  # MLflow's default: newest first
-        max_results = P.as_int(body.get("max_results"), "max_results", 100)
-        offset = P.decode_page_token(body.get("page_token"))
-        out: dict = {"models": [model_json(m) for m in found[offset:offset + max_results]]}
-        if offset + max_results < len(found):
-            out["next_page_token"] = P.encode_page_token(offset + max_results)
-        return out
+        return P.page([model_json(m) for m in found], body, 100, "models")
 
 
 # path (after the prefix) -> {HTTP method: LoggedModels method}; path parameters join the body.

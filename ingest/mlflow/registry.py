@@ -87,20 +87,6 @@ def _version_number(body: dict) -> int:
         raise invalid(f"Parameter 'version' must be an integer, got '{value}'.") from None
 
 
-def _page(rows: list, body: dict, default_max: int, key: str) -> dict:
-    max_results = P.as_int(body.get("max_results"), "max_results", default_max)
-    if not 0 < max_results <= P.MAX_SEARCH_RESULTS:
-        raise invalid(f"Invalid value for max_results. It must be at most {P.MAX_SEARCH_RESULTS}, "
-                      f"but got value {max_results}")
-    offset = P.decode_page_token(body.get("page_token"))
-    out: dict = {}
-    if rows[offset:offset + max_results]:
-        out[key] = rows[offset:offset + max_results]
-    if offset + max_results < len(rows):
-        out["next_page_token"] = P.encode_page_token(offset + max_results)
-    return out
-
-
 def _sort(rows: list[dict], order_by: list[str], fields: dict, default: list[str]) -> None:
     """Sort JSON rows in place by MLflow order_by clauses over ``fields`` (clause name -> key)."""
     clauses = []
@@ -186,7 +172,7 @@ class MlflowRegistry:
               {"name": lambda r: r["name"], "timestamp": lambda r: r["creation_timestamp"],
                "creation_timestamp": lambda r: r["creation_timestamp"],
                "last_updated_timestamp": lambda r: r["last_updated_timestamp"]}, ["name ASC"])
-        return _page(rows, body, 100, "registered_models")
+        return P.page(rows, body, 100, "registered_models")
 
     def get_latest_versions(self, body, raw, allowed):
         model = self._model(P.required(body, "name"))
@@ -196,18 +182,23 @@ class MlflowRegistry:
         latest = latest_versions(model["versions"], stages)
         return {"model_versions": [version_json(v) for v in latest]} if latest else {}
 
-    def set_registered_model_tag(self, body, raw, allowed):
-        name = self._model(P.required(body, "name"))["name"]
+    def _set_tag(self, body, model: str, version: int | None = None) -> dict:
         key = P.check_key("Tag", P.required(body, "key"))
-        self._call(self.registry.set_tag, name, key, str(body.get("value", "")))
+        self._call(self.registry.set_tag, model, key, str(body.get("value", "")), version=version)
         return {}
+
+    def _delete_present(self, key: str, present: dict, delete, model: str, **kwargs) -> dict:
+        """MLflow's deletes of a tag or an alias: nothing to do when it is not there."""
+        if key in present:
+            self._call(delete, model, key, **kwargs)
+        return {}
+
+    def set_registered_model_tag(self, body, raw, allowed):
+        return self._set_tag(body, self._model(P.required(body, "name"))["name"])
 
     def delete_registered_model_tag(self, body, raw, allowed):
         model = self._model(P.required(body, "name"))
-        key = P.required(body, "key")
-        if key in model["tags"]:
-            self._call(self.registry.delete_tag, model["name"], key)
-        return {}
+        return self._delete_present(P.required(body, "key"), model["tags"], self.registry.delete_tag, model["name"])
 
     # --- aliases ------------------------------------------------------------------------------
 
@@ -222,10 +213,8 @@ class MlflowRegistry:
 
     def delete_alias(self, body, raw, allowed):
         model = self._model(P.required(body, "name"))
-        alias = P.required(body, "alias")
-        if alias in model["aliases"]:
-            self._call(self.registry.delete_alias, model["name"], alias)
-        return {}
+        return self._delete_present(P.required(body, "alias"), model["aliases"], self.registry.delete_alias,
+                                    model["name"])
 
     def get_model_version_by_alias(self, body, raw, allowed):
         model = self._model(P.required(body, "name"))
@@ -307,7 +296,7 @@ class MlflowRegistry:
                "creation_timestamp": lambda r: r["creation_timestamp"],
                "last_updated_timestamp": lambda r: r["last_updated_timestamp"]},
               ["name ASC", "version_number DESC"])
-        return _page(rows, body, 10_000, "model_versions")
+        return P.page(rows, body, 10_000, "model_versions")
 
     def get_model_version_download_uri(self, body, raw, allowed):
         v = self._version(P.required(body, "name"), _version_number(body))
@@ -315,16 +304,12 @@ class MlflowRegistry:
 
     def set_model_version_tag(self, body, raw, allowed):
         v = self._version(P.required(body, "name"), _version_number(body))
-        key = P.check_key("Tag", P.required(body, "key"))
-        self._call(self.registry.set_tag, v["model"], key, str(body.get("value", "")), version=v["version"])
-        return {}
+        return self._set_tag(body, v["model"], v["version"])
 
     def delete_model_version_tag(self, body, raw, allowed):
         v = self._version(P.required(body, "name"), _version_number(body))
-        key = P.required(body, "key")
-        if key in v["tags"]:
-            self._call(self.registry.delete_tag, v["model"], key, version=v["version"])
-        return {}
+        return self._delete_present(P.required(body, "key"), v["tags"], self.registry.delete_tag, v["model"],
+                                    version=v["version"])
 
 
 # path (after the prefix) -> {HTTP method: MlflowRegistry method}

@@ -232,11 +232,12 @@ def bind(listen: str) -> socket.socket:
 class MlflowServer:
     """A running MLflow API server: the socket, uvicorn on its own thread, the service and its sink."""
 
-    def __init__(self, service: MlflowService, listen: str, sink=None, client=None) -> None:
+    def __init__(self, service: MlflowService, listen: str, sink=None, client=None, closers=()) -> None:
         import uvicorn
 
         self.service = service
         self._sink, self._client = sink, client
+        self._closers = list(closers)  # more to close at stop (the artifact store's connections)
         self.socket = bind(listen)
         host, self.port = self.socket.getsockname()[:2]
         self.url = f"http://{host}:{self.port}"
@@ -269,6 +270,8 @@ class MlflowServer:
             self._sink.close()
         if self._client is not None:
             self._client.close()
+        for close in self._closers:
+            close()
 
     def __enter__(self) -> "MlflowServer":
         return self.start()
@@ -305,4 +308,5 @@ def create_server(config: MlflowServerConfig, sink=None, artifact_backend=None, 
 
         service.registry = MlflowRegistry(service, registry, service.artifacts)
     service.ensure_default_experiment()
-    return MlflowServer(service, config.mlflow_listen, sink if own_sink else None, client)
+    closers = [artifact_backend.close] if hasattr(artifact_backend, "close") else []
+    return MlflowServer(service, config.mlflow_listen, sink if own_sink else None, client, closers)

@@ -57,6 +57,21 @@ def runwire_mlflow(kafka_bootstrap: str, clickhouse_url: str, data_dir: str, tok
     stack.client().command(f"DROP DATABASE IF EXISTS {database}")  # after the ingest worker stopped
 
 
+@contextlib.contextmanager
+def tracking_uri(url: str, monkeypatch):
+    """The fluent API pointed at ``url`` (as MLFLOW_TRACKING_URI would), reset after."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    mlflow.set_tracking_uri(url)
+    try:
+        yield url
+    finally:
+        while mlflow.active_run():
+            mlflow.end_run()
+        mlflow.set_tracking_uri(None)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

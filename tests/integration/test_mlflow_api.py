@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag, ViewType
 from mlflow.exceptions import MlflowException, RestException
 
-from mlflow_helpers import mlflow_reference_server, runwire_mlflow, wait_for
+from mlflow_helpers import mlflow_reference_server, runwire_mlflow, tracking_uri, wait_for
 
 pytestmark = pytest.mark.infra
 
@@ -38,12 +38,8 @@ def rw(kafka_bootstrap, clickhouse_url, tmp_path_factory):
 def fluent(rw, monkeypatch):
     """The fluent API pointed at runwire (as MLFLOW_TRACKING_URI would), reset after the test."""
     server, _ = rw
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
-    mlflow.set_tracking_uri(server.url)
-    yield server
-    while mlflow.active_run():
-        mlflow.end_run()
-    mlflow.set_tracking_uri(None)
+    with tracking_uri(server.url, monkeypatch):
+        yield server
 
 
 def _settled(client: MlflowClient, run_id: str, params: int, tags: int, metrics: int):

@@ -16,7 +16,7 @@ import requests
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from mlflow_helpers import mlflow_reference_server, runwire_mlflow, wait_for
+from mlflow_helpers import mlflow_reference_server, runwire_mlflow, tracking_uri, wait_for
 
 pytestmark = pytest.mark.infra
 
@@ -30,13 +30,8 @@ def rw(kafka_bootstrap, clickhouse_url, tmp_path_factory):
 
 @pytest.fixture
 def tracking(rw, monkeypatch):
-    server = rw[0]
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
-    mlflow.set_tracking_uri(server.url)
-    yield server
-    while mlflow.active_run():
-        mlflow.end_run()
-    mlflow.set_tracking_uri(None)
+    with tracking_uri(rw[0].url, monkeypatch) as url:
+        yield url
 
 
 def _tree(tmp_path):

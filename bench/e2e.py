@@ -132,6 +132,8 @@ def cpu_seconds(pid: int) -> float:
 def bench_pipeline(args) -> dict:
     from runwire.deploy.local.clickhouse import ClickHouseServer
     from runwire.deploy.local.kafka import KafkaServer, free_port
+    from runwire.ingest.kafka_io import topic_names
+    from runwire.proto.contract import METRICS
     from runwire.storage.client import connect
 
     run_id = f"bench-{uuid.uuid4().hex[:8]}"
@@ -197,6 +199,9 @@ def bench_pipeline(args) -> dict:
         client.command("OPTIMIZE TABLE metrics FINAL")
         disk = client.query("SELECT sum(data_compressed_bytes), sum(rows) FROM system.parts WHERE database = 'runwire' "
                             "AND table = 'metrics' AND active").result_rows[0]
+        # What the metrics topic holds per point (one replica; the producer's compression included).
+        topic = topic_names("runwire.")[METRICS]
+        kafka_bytes = sum(f.stat().st_size for f in kafka.logs_dir.glob(f"{topic}-*/*.log"))
         for proc in (gateway, ingest):
             proc.terminate()
             proc.wait(60)
@@ -208,6 +213,7 @@ def bench_pipeline(args) -> dict:
         "lost": int(emitted - distinct), "duplicated": int(raw - distinct),
         "dropped_calls_in_emitters": sum(s["dropped_calls"] for s in summaries),
         "bytes_per_point": round(disk[0] / disk[1], 2) if disk[1] else None,
+        "kafka_bytes_per_point": round(kafka_bytes / emitted, 2) if emitted else None,
         "cpu_seconds": cpu, "cpu_share": {k: round(v / caught_up / (os.cpu_count() or 1), 3) for k, v in cpu.items()},
         # CPU-microseconds each component spent per stored point; the server side is all but the ranks.
         "cpu_us_per_point": {k: round(v * 1e6 / distinct, 3) for k, v in cpu.items()} if distinct else {},

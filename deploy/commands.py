@@ -40,9 +40,10 @@ def register(subparsers) -> None:
     p.add_argument("--ttl-days", type=int, default=None, help="raw time-series retention (0 removes it)")
     p.set_defaults(func=cmd_migrate)
 
-    from runwire.deploy import ui
+    from runwire.deploy import sizing, ui
 
     ui.register(subparsers)
+    sizing.register(subparsers)
 
 
 def cmd_up(args) -> int:

@@ -411,6 +411,13 @@ class GpuSampler:
             self._field_error(d, field, e)
             return None
 
+    def _number(self, d: _Device, field: str, fn: Callable[..., Any], *args: Any) -> float:
+        """One numeric NVML field as a float; NaN when it is off or the read failed."""
+        if field in d.off:
+            return NAN
+        v = self._read(d, field, fn, *args)
+        return NAN if v is None else float(v)
+
     def _field_error(self, d: _Device, field: str, e: BaseException) -> None:
         if isinstance(e, self._off_errors):
             d.off.add(field)
@@ -427,7 +434,7 @@ class GpuSampler:
         nv = self._nvml
         h = d.handle
         off = d.off
-        read = self._read
+        read, number = self._read, self._number
         ts = time.time_ns()
 
         used = NAN
@@ -438,11 +445,7 @@ class GpuSampler:
                 used = float(m.used)
                 total = float(m.total)
 
-        temp = NAN
-        if "temperature" not in off:
-            v = read(d, "temperature", nv.nvmlDeviceGetTemperature, h, nv.NVML_TEMPERATURE_GPU)
-            if v is not None:
-                temp = float(v)
+        temp = number(d, "temperature", nv.nvmlDeviceGetTemperature, h, nv.NVML_TEMPERATURE_GPU)
 
         mem_temp = NAN
         if "memory_temperature" not in off:
@@ -455,42 +458,22 @@ class GpuSampler:
                 gpu_util = float(u.gpu)
                 mem_util = float(u.memory)
 
-        power = NAN
-        if "power" not in off:
-            v = read(d, "power", nv.nvmlDeviceGetPowerUsage, h)
-            if v is not None:
-                power = v / 1000.0
+        power = number(d, "power", nv.nvmlDeviceGetPowerUsage, h) / 1000.0  # mW -> W
 
         if refresh_limit and "power_limit" not in off:
             self._refresh_power_limit(d)
 
-        sm = NAN
-        if "sm_clock" not in off:
-            v = read(d, "sm_clock", nv.nvmlDeviceGetClockInfo, h, nv.NVML_CLOCK_SM)
-            if v is not None:
-                sm = float(v)
-
-        memclk = NAN
-        if "memory_clock" not in off:
-            v = read(d, "memory_clock", nv.nvmlDeviceGetClockInfo, h, nv.NVML_CLOCK_MEM)
-            if v is not None:
-                memclk = float(v)
+        sm = number(d, "sm_clock", nv.nvmlDeviceGetClockInfo, h, nv.NVML_CLOCK_SM)
+        memclk = number(d, "memory_clock", nv.nvmlDeviceGetClockInfo, h, nv.NVML_CLOCK_MEM)
 
         throttle = 0
         if "throttle_reasons" not in off:
             throttle = self._throttle(d)
 
-        ecc_c = ecc_u = NAN
-        if "ecc_corrected" not in off:
-            v = read(d, "ecc_corrected", nv.nvmlDeviceGetTotalEccErrors, h,
-                     nv.NVML_MEMORY_ERROR_TYPE_CORRECTED, nv.NVML_VOLATILE_ECC)
-            if v is not None:
-                ecc_c = float(v)
-        if "ecc_uncorrected" not in off:
-            v = read(d, "ecc_uncorrected", nv.nvmlDeviceGetTotalEccErrors, h,
-                     nv.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, nv.NVML_VOLATILE_ECC)
-            if v is not None:
-                ecc_u = float(v)
+        ecc_c = number(d, "ecc_corrected", nv.nvmlDeviceGetTotalEccErrors, h,
+                       nv.NVML_MEMORY_ERROR_TYPE_CORRECTED, nv.NVML_VOLATILE_ECC)
+        ecc_u = number(d, "ecc_uncorrected", nv.nvmlDeviceGetTotalEccErrors, h,
+                       nv.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, nv.NVML_VOLATILE_ECC)
 
         xid = xids.pop(d.uuid, 0) if xids else 0
 

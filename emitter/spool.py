@@ -154,16 +154,21 @@ class Spool:
             self._fd = -1
         os.close(self._acks)
         if everything_acked:
-            for path in self.dir.iterdir():
-                path.unlink(missing_ok=True)
-            try:
-                self.dir.rmdir()
-            except OSError:
-                pass
+            _remove_stream_dir(self.dir)
         # The counts mapping stays: a log() racing finish() on another thread may still touch
         # it (a mapping outlives its deleted file); it goes with the Run.
         os.close(self._lock_fd)
         _open_here.discard(self.dir.resolve())
+
+
+def _remove_stream_dir(path: Path) -> None:
+    """Delete a delivered stream's files, then its folder unless something new appeared in it."""
+    for entry in path.iterdir():
+        entry.unlink(missing_ok=True)
+    try:
+        path.rmdir()
+    except OSError:
+        pass
 
 
 # -- the reader's side: runwire sync and recovery at start-up -------------------------------------
@@ -250,12 +255,7 @@ class Orphan:
     def close(self, done: bool) -> None:
         os.close(self._acks)
         if done:
-            for path in self.dir.iterdir():
-                path.unlink(missing_ok=True)
-            try:
-                self.dir.rmdir()
-            except OSError:
-                pass
+            _remove_stream_dir(self.dir)
         os.close(self._fd)
 
     def __enter__(self) -> "Orphan":

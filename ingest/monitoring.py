@@ -13,7 +13,11 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
+import socket
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+from prometheus_client import CollectorRegistry, Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 # Seconds: from an envelope's arrival at the gateway to its sink's acknowledgement (Kafka's
@@ -55,7 +59,13 @@ class PipelineMetrics:
     def serve(self, listen: str) -> int:
         """Serve /metrics on host:port (port 0: a free one); returns the port."""
         host, _, port = listen.rpartition(":")
-        self._server, _thread = start_http_server(int(port), addr=host or "127.0.0.1", registry=self.registry)
+        host = host.strip("[]") or "127.0.0.1"
+
+        class Server(ThreadingWSGIServer):
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        self._server = make_server(host, int(port), _head_as_get(make_wsgi_app(self.registry)), Server, handler_class=_Handler)
+        threading.Thread(target=self._server.serve_forever, name="runwire-metrics", daemon=True).start()
         self.port = self._server.server_port
         return self.port
 
@@ -64,6 +74,34 @@ class PipelineMetrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+def _head_as_get(app):
+    """HEAD answered as GET without the body: prometheus-client refuses HEAD with a 405 that
+    carries a body, which wsgiref sends, and a client then reads it as the next response."""
+
+    def wsgi(environ, start_response):
+        if environ.get("REQUEST_METHOD") != "HEAD":
+            return app(environ, start_response)
+        answered = []
+        body = b"".join(app(dict(environ, REQUEST_METHOD="GET"), lambda *args: answered.append(args)))
+        status, headers = answered[-1][:2]
+        headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+        start_response(status, headers + [("Content-Length", str(len(body)))])
+        return []
+
+    return wsgi
+
+
+class _Handler(WSGIRequestHandler):
+    """prometheus-client's server (http.server) answers a request line without an HTTP version
+    as HTTP/0.9: a bare body, no status line, which no scraper or proxy can read. Every answer
+    here is a full HTTP/1.x response; requests are not logged (as prometheus-client's)."""
+
+    default_request_version = "HTTP/1.0"
+
+    def log_message(self, format, *args) -> None:
+        pass
 
 
 class _Collector:

@@ -68,7 +68,7 @@ def _check_packed_columns(m) -> int:
 
 
 def _check_seq(seq: int) -> None:
-    if seq == 0:
+    if seq < 1:  # uint64 on the wire, but a record written straight to Kafka carries an Avro long
         raise InvalidEnvelope("seq: must be >= 1")
     if seq > MAX_INT64:
         raise InvalidEnvelope(f"seq: {seq} is above {MAX_INT64}")

@@ -104,6 +104,7 @@ class IngestWorker:
                  observers: list | None = None, metrics=None) -> None:
         self.config = config
         self.topics = topic_names(config.topic_prefix)
+        self._topic_kinds = {self.topics[kind]: kind for kind in codec.KINDS}
         self._stop = threading.Event()
         on_insert = None
         if metrics is not None:  # a runwire.ingest.monitoring.PipelineMetrics
@@ -212,6 +213,9 @@ class IngestWorker:
         batch.offsets[TopicPartition(record.topic, record.partition)] = record.offset + 1
         try:
             kind, decoded = codec.decode(record.value)
+            if self._topic_kinds.get(record.topic, kind) != kind:
+                # Stored it would be, but a producer that mixes kinds up is no gateway: say so.
+                raise codec.PoisonRecord(f"a {kind} record in the {self._topic_kinds[record.topic]} topic")
             # Anyone who can write to the topics can skip the gateway: check again.
             validate_record(kind, decoded)
         except codec.PoisonRecord as exc:

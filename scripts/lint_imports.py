@@ -1,9 +1,10 @@
-"""Check the import-linter contracts (pyproject.toml [tool.importlinter]).
+"""Check the import-linter contracts (pyproject.toml [tool.importlinter]) on any checkout.
 
-The installed package maps folders onto one namespace (setuptools package-dir: runwire <-
-emitter/, runwire.ingest <- ingest/, ...), which import-linter cannot follow in an editable
-install. So this lays the package out as installed, as a tree of symbolic links under
-build/import-graph/, and runs lint-imports with that tree first on the path.
+In the project's own venv plain `lint-imports` works (`make install` installs in setuptools'
+strict editable mode, a link tree). This script checks a checkout that is not installed, e.g. a
+copy in the tests: it lays the package out as installed, as a tree of symbolic links under
+build/import-graph/ (runwire <- emitter/, runwire.ingest <- ingest/, ...), and runs lint-imports
+with that tree first on the path.
 """
 
 from __future__ import annotations

@@ -66,6 +66,7 @@ class MlflowServerConfig:
     topic_replication: int = 1
     clickhouse_url: str = ""                 # reads (and direct-mode writes)
     clickhouse_database: str = "runwire"
+    ttl_days: int | None = None              # direct mode's raw time-series retention, as the gateway's
     tokens: dict[str, str] = secret(default_factory=dict)  # project -> bearer token; empty: no auth
     ack_timeout_s: float = 30.0              # how long a write waits for the pipeline's acknowledgement
     default_artifact_root: str = ""          # new experiments' artifacts go under ROOT/<id> (as `mlflow server
@@ -105,6 +106,8 @@ def _request_body(method: str, raw: bytes, query) -> dict:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise MlflowError("MALFORMED_REQUEST", "Malformed request: the body is not JSON") from None
+    except RecursionError:  # json's parser recurses once per nesting level
+        raise MlflowError("MALFORMED_REQUEST", "Malformed request: the JSON body is nested too deeply") from None
     if not isinstance(body, dict):
         raise MlflowError("MALFORMED_REQUEST", "Malformed request: the body must be a JSON object")
     return body

@@ -40,8 +40,9 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -283,8 +284,17 @@ def create_app(connect: Callable[[], object], tokens: Mapping[str, str] | None =
         Route("/alerts", endpoint(alerts)),
         Route("/{rest:path}", not_found),
     ]
+    def http_error(request: Request, exc: HTTPException) -> Response:
+        """Starlette's own refusals (a method a route does not take): the API's error body
+        under /api, Starlette's plain text for the page and its files."""
+        if not request.url.path.startswith("/api/"):
+            return PlainTextResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
+        response = _json({"error": f"{exc.detail}: {request.method} {request.url.path}"}, exc.status_code)
+        response.headers.update(exc.headers or {})
+        return response
+
     return Starlette(routes=[
         Route("/", index),
         Mount("/api/v1", routes=api),
         Mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static"),
-    ])
+    ], exception_handlers={HTTPException: http_error})

@@ -116,3 +116,56 @@ def test_after_the_garbage_the_gateway_serves_and_stores_each_good_envelope_once
     # Streams that started with a good envelope stored it once per stream id, never twice.
     firsts = [(r["stream_id"], int(r["steps"][0])) for _, r in sink.snapshot() if r["stream_id"].startswith("s")]
     assert len(firsts) == len(set(firsts))
+
+
+# -- deeply nested and oversized messages (beyond random bytes) ---------------------------------
+
+GROUP_START, GROUP_END = b"\xfb\x07", b"\xfc\x07"  # field 127, wire types 3 and 4 (unknown groups)
+
+
+def nested_groups(depth: int, closed: bool) -> bytes:
+    """Unknown groups nested `depth` deep: parsers recurse into groups (unlike length-delimited
+    fields), so this is what tests a parser's recursion limit."""
+    return GROUP_START * depth + (GROUP_END * depth if closed else b"")
+
+
+def inside_identity(payload: bytes) -> bytes:
+    """A good envelope whose Identity (field 2) also carries `payload` as unknown fields."""
+    env = pb.Envelope.FromString(good(1, "nested"))
+    ident = env.identity.SerializeToString() + payload
+    env.ClearField("identity")
+    return env.SerializeToString() + b"\x12" + _varint(len(ident)) + ident
+
+
+DEEP = [nested_groups(100_000, closed=True), nested_groups(100_000, closed=False), nested_groups(1000, closed=True),
+        b"[" * 100_000, inside_identity(nested_groups(10_000, closed=True)),
+        inside_identity(nested_unknown_fields(5000))]
+
+
+@pytest.mark.parametrize("payload", DEEP, ids=["groups-100k", "groups-100k-open", "groups-1k", "json-brackets",
+                                               "groups-in-identity", "nested-fields-in-identity"])
+def test_deeply_nested_messages_get_a_documented_answer(fuzz_gateway, payload):
+    gw, sink, channel = fuzz_gateway
+    publish = channel.unary_unary(PUBLISH_METHOD, response_deserializer=pb.Ack.FromString)
+    try:
+        ack = publish(payload, timeout=30)
+    except grpc.RpcError as exc:
+        assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT, (exc.code(), exc.details())
+    else:  # parsed (unknown fields are legal protobuf): a real envelope, or one validation refuses
+        assert ack.code in ("OK", "INVALID_ARGUMENT"), ack
+    assert publish(good(1, f"after-deep-{len(payload)}"), timeout=10).code == "OK"
+
+
+def test_an_oversized_message_ends_a_stream_with_resource_exhausted_and_the_next_stream_is_served(fuzz_gateway):
+    gw, sink, channel = fuzz_gateway
+    stream = channel.stream_stream(STREAM_METHOD, response_deserializer=pb.Ack.FromString)
+    big = good(2, "big") + b"\xfa\x07" + _varint(MAX_MESSAGE_BYTES) + b"\x00" * MAX_MESSAGE_BYTES
+    acks = []
+    with pytest.raises(grpc.RpcError) as info:
+        acks.extend(stream(iter([good(1, "big"), big, good(3, "big")]), timeout=60))
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, info.value.details()
+    assert [a.seq for a in acks] in ([], [1])  # the first may be acknowledged before the refusal
+    acks = list(stream(iter([good(seq, "big-after") for seq in (1, 2, 3)]), timeout=30))
+    assert [(a.seq, a.code) for a in acks] == [(1, "OK"), (2, "OK"), (3, "OK")]
+    stored = [r["seq"] for _, r in sink.snapshot() if r["stream_id"] == "big-after"]
+    assert sorted(stored) == [1, 2, 3]

@@ -7,7 +7,8 @@ from __future__ import annotations
 import io
 import json
 import uuid
-from contextlib import redirect_stdout
+from contextlib import contextmanager, redirect_stdout
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -45,6 +46,10 @@ def _tree(tmp_path):
     return src, single
 
 
+def _files(root) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in Path(root).rglob("*") if p.is_file()}
+
+
 def _artifact_scenario(url: str, tmp_path) -> dict:
     """Artifact calls through the client's own code paths; what a user reads back."""
     mlflow.set_tracking_uri(url)
@@ -63,8 +68,7 @@ def _artifact_scenario(url: str, tmp_path) -> dict:
     out["missing_dir"] = client.list_artifacts(run_id, "nothing/here")
     dest = tmp_path / f"dl-{uuid.uuid4().hex[:6]}"
     local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="data", dst_path=str(dest))
-    out["downloaded"] = {str(p.relative_to(local)): p.read_bytes() for p in sorted(__import__("pathlib").Path(local).rglob("*"))
-                         if p.is_file()}
+    out["downloaded"] = _files(local)
     out["text"] = mlflow.artifacts.load_text(f"runs:/{run_id}/texts/hello.txt")
     base = f"{url}/api/2.0/mlflow-artifacts/artifacts/{run.info.artifact_uri.split(':/', 1)[1]}"
     bad = [requests.get(f"{url}/api/2.0/mlflow-artifacts/artifacts", params={"path": p}, timeout=10)
@@ -244,7 +248,11 @@ def test_registry_with_the_mlflow_client(tracking, rw, tmp_path):
     v1 = reg.get_version("ranker", "champion")
     assert v1["version"] == 1 and v1["stage"] == "Archived" and v1["artifact"] == "model"
     restored = download_artifact({"digest": v1["digest"]}, tmp_path / "restored", store=v1["store"])
-    assert (restored / "MLmodel").is_file() and (restored / "model.pkl").is_file()
+    via_mlflow = mlflow.artifacts.download_artifacts("models:/ranker/1", dst_path=str(tmp_path / "via-mlflow"))
+
+    from_mlflow = _files(via_mlflow)
+    from_mlflow.pop("registered_model_meta")  # the client writes this one next to what it downloaded
+    assert "MLmodel" in _files(restored) and _files(restored) == from_mlflow
     actions = [(h["version"], h["action"], h["new"]) for h in reg.history("ranker") if h["action"] == "stage"]
     assert (1, "stage", "Production") in actions and (1, "stage", "Archived") in actions
     assert all(h["actor"] == "mlflow-api" for h in reg.history("ranker"))
@@ -277,6 +285,6 @@ def test_artifact_and_registry_parity_with_mlflow_server(rw, tmp_path, monkeypat
                                                                           if ours.get(k) != theirs[k]}
 
 
-@__import__("contextlib").contextmanager
+@contextmanager
 def _given(url: str):
     yield url

@@ -163,6 +163,10 @@ class ArtifactProxy:
 
     def _remember(self, run_id: str, name: str, record: dict | None) -> None:
         with self._lock:
+            if run_id not in self._recent and len(self._recent) > 10_000:  # bounded: drop what has expired
+                cutoff = time.monotonic() - _RECENT_S
+                self._recent = {r: names for r, names in self._recent.items()
+                                if any(when > cutoff for when, _ in names.values())}
             self._recent.setdefault(run_id, {})[name] = (time.monotonic(), record)
 
     def _send_record(self, info: dict, name: str, value: str) -> None:

@@ -173,6 +173,8 @@ def create_app(service: MlflowService):
                                     background=BackgroundTask(shutil.rmtree, tmp, True))
             if request.method == "DELETE":
                 return await run_in_threadpool(proxy.delete, path, allowed)
+            if request.method != "PUT":  # HEAD (Starlette adds it to GET routes): no body to send
+                raise MlflowError("ENDPOINT_NOT_FOUND", f"No endpoint {request.method} {request.url.path}")
             tmp = tempfile.mkdtemp(prefix="runwire-mlflow-")
             try:  # the body to a file as it arrives (a model can be larger than memory)
                 dest = f"{tmp}/{PurePosixPath(path).name or 'artifact'}"

@@ -4,8 +4,8 @@ runwire's MLflow API (`runwire mlflow-server` -> Kafka -> ingest -> ClickHouse),
     python bench/mlflow_compat.py --out build/bench/mlflow.json          (make bench-mlflow)
 
 Each of N client processes creates a run and sends B `log_batch` calls of 1,000 metrics (10
-names x 100 steps); throughput is points acknowledged per second of wall time, from the first
-call to the last answer. Then, from one client: `search_runs` (a metric filter and order) and
+names x 100 steps); the clients start logging together once all are set up, and throughput is
+points acknowledged per second of wall time, from the first call to the last answer. Then, from one client: `search_runs` (a metric filter and order) and
 `get_metric_history` latencies (median of 7), and every value of every run read back and compared
 with what was logged (`parity`). For runwire also the time from the last acknowledgement until
 every point is queryable. Both servers run as their own processes on this machine, one after
@@ -53,6 +53,9 @@ def client_main(args) -> None:
         batches.append([Metric(NAMES[n], value(args.client, n, step), T0 + step, step)
                         for step in range(b * STEPS_PER_BATCH, (b + 1) * STEPS_PER_BATCH)
                         for n in range(len(NAMES))])
+    # Start together: no client's import and set-up (seconds of CPU) overlaps another's timed calls.
+    print("ready", flush=True)
+    sys.stdin.readline()
     start = time.time()
     for batch in batches:
         client.log_batch(run_id, metrics=batch)
@@ -62,7 +65,14 @@ def client_main(args) -> None:
 
 def run_clients(url: str, experiment: str, clients: int, batches: int) -> dict:
     procs = [subprocess.Popen([sys.executable, str(HERE), "--client", str(i), "--url", url, "--experiment", experiment,
-                               "--batches", str(batches)], stdout=subprocess.PIPE, text=True) for i in range(clients)]
+                               "--batches", str(batches)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for i in range(clients)]
+    for proc in procs:
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"client failed before logging ({proc.wait()})")
+    for proc in procs:
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
     results = []
     for proc in procs:
         out, _ = proc.communicate(timeout=3600)
@@ -115,6 +125,17 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to the server's process group; SIGKILL when it has not exited in 30 s (a loaded
+    machine: `mlflow server`'s workers were seen to take longer)."""
+    os.killpg(proc.pid, 15)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.wait(timeout=30)
+
+
 def free_port() -> int:
     import socket
 
@@ -138,8 +159,7 @@ def bench_mlflow(args, data: str) -> dict:
         load = run_clients(url, "bench", args.clients, args.batches)
         return {**load, **read_back(url, experiment_id, load["run_ids"], args.batches)}
     finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
+        stop(proc)
 
 
 def bench_runwire(args, data: str) -> dict:
@@ -166,8 +186,7 @@ def bench_runwire(args, data: str) -> dict:
             load["ack_to_queryable_s"] = round(time.time() - load["end"], 3)
             return {**load, **read_back(url, experiment_id, load["run_ids"], args.batches)}
         finally:
-            os.killpg(proc.pid, 15)
-            proc.wait(timeout=30)
+            stop(proc)
 
 
 def main() -> None:

@@ -16,6 +16,8 @@ thread-per-stream server (runwire.ingest.threaded_gateway).
 from __future__ import annotations
 
 import asyncio
+import collections
+import functools
 import logging
 import queue
 import threading
@@ -45,7 +47,7 @@ class GatewayConfig:
     kafka_bootstrap: str = ""                # host:port[,host:port]
     topic_prefix: str = "runwire."
     topic_partitions: int = 6
-    topic_replication: int = 1
+    topic_replication: int = 0               # 0: 3, or the brokers when fewer (kafka_io.replication_for)
     clickhouse_url: str = ""                 # direct mode: where the ingest writer inserts
     clickhouse_database: str = "runwire"
     tokens: dict[str, str] = secret(default_factory=dict)  # project -> bearer token; empty: no auth
@@ -107,8 +109,12 @@ def server_options(config: GatewayConfig) -> list[tuple[str, int]]:
     streams); and let max_streams calls wait to be taken up. gRPC core holds at most 1,000 calls
     that arrived before the server took them up (3,000 at most), and cancels the rest: when a
     fleet's ranks reconnect at once, thousands of streams arrive together (measured:
-    bench/streams.py lost 20 % of 3,000 streams to CANCELLED with the defaults)."""
+    bench/streams.py lost 20 % of 3,000 streams to CANCELLED with the defaults). BDP probing is
+    off, as on the emitter's channel (runwire.exporter.CHANNEL_OPTIONS): on streams that send an
+    envelope a second it pinged at nearly every message, and gRPC core's threads spent twice the
+    CPU (bench/streams.py, gateway_cpu_s_by_thread)."""
     return [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.so_reuseport", 0),
+            ("grpc.http2.bdp_probe", 0),
             ("grpc.server.max_pending_requests", config.max_streams),
             ("grpc.server.max_pending_requests_hard_limit", 2 * config.max_streams)]
 
@@ -265,13 +271,39 @@ def log_started(config: GatewayConfig, address: str) -> None:
 _READ_DONE = object()
 
 
-def _on_loop(loop: asyncio.AbstractEventLoop, callback, *args) -> None:
-    """Run callback on the loop from another thread; a no-op once the gateway stopped (the call
-    it answered is gone, and the emitter resends what was not acknowledged)."""
-    try:
-        loop.call_soon_threadsafe(callback, *args)
-    except RuntimeError:  # the loop is closed
-        pass
+class _LoopInbox:
+    """Answers from other threads (the hand-off thread, the producer's), run on the loop in
+    batches: one wake-up of the loop for everything that arrived since the last, instead of one
+    per envelope (bench/streams.py: the per-answer wake-ups were a fifth of the loop's CPU).
+    After the gateway stopped, posting is a no-op (the call it answered is gone, and the
+    emitter resends what was not acknowledged)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._items: collections.deque = collections.deque()
+        self._scheduled = False
+
+    def post(self, callback, arg) -> None:
+        """Run callback(arg) on the loop soon; callable from any thread."""
+        self._items.append((callback, arg))
+        if not self._scheduled:
+            self._scheduled = True
+            try:
+                self._loop.call_soon_threadsafe(self._run)
+            except RuntimeError:  # the loop is closed
+                pass
+
+    def _run(self) -> None:
+        # Cleared before draining: an item appended after this is drained now or finds the
+        # flag clear and schedules the next run.
+        self._scheduled = False
+        items = self._items
+        while items:
+            callback, arg = items.popleft()
+            try:
+                callback(arg)
+            except Exception:  # noqa: BLE001 - one broken answer must not strand the others
+                log.exception("gateway answer callback failed")
 
 
 class _Handoff:
@@ -281,15 +313,18 @@ class _Handoff:
 
     def __init__(self, service: TelemetryService, size: int) -> None:
         self.service = service
-        self._queue: queue.Queue = queue.Queue(maxsize=size)
+        self.size = size
+        # SimpleQueue: put and get in C, without queue.Queue's Python-level condition variables
+        # (measured: those cost more than the validation). Only the loop thread offers, so
+        # checking the size before putting keeps the bound.
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="runwire-gateway-handoff", daemon=True)
         self._thread.start()
 
     def offer(self, raw: bytes, allowed, done) -> bool:
-        try:
-            self._queue.put_nowait((raw, allowed, done))
-        except queue.Full:
+        if self._queue.qsize() >= self.size:
             return False
+        self._queue.put((raw, allowed, done))
         return True
 
     def _run(self) -> None:
@@ -322,6 +357,7 @@ class Gateway:
         self.metrics = None
         self._stopped = False
         self._loop = asyncio.new_event_loop()
+        self._inbox = _LoopInbox(self._loop)
         self._loop_thread = threading.Thread(target=self._loop.run_forever, name="runwire-gateway-loop", daemon=True)
         self._loop_thread.start()
         try:
@@ -401,8 +437,7 @@ class Gateway:
         answers: asyncio.Queue = asyncio.Queue()
         outstanding = 0  # envelopes read and not yet answered
 
-        def done(answer) -> None:  # from the hand-off thread or the sink's
-            _on_loop(loop, answers.put_nowait, answer)
+        done = functools.partial(self._inbox.post, answers.put_nowait)  # from the hand-off or sink thread
 
         async def read() -> None:
             nonlocal outstanding
@@ -444,8 +479,12 @@ class Gateway:
         loop = asyncio.get_running_loop()
         result = loop.create_future()
 
+        def answer_call(answer) -> None:
+            if not result.done():
+                result.set_result(answer)
+
         def done(answer) -> None:
-            _on_loop(loop, lambda: result.done() or result.set_result(answer))
+            self._inbox.post(answer_call, answer)
 
         if self._handoff.offer(raw, allowed, done):
             try:

@@ -39,11 +39,12 @@ class IngestConfig:
     clickhouse_database: str = "runwire"
     topic_prefix: str = "runwire."
     topic_partitions: int = 6
-    topic_replication: int = 1
+    topic_replication: int = 0       # 0: 3, or the brokers when fewer (kafka_io.replication_for)
     group_id: str = "runwire-ingest"
     batch_rows: int = 500_000        # insert when this many rows are buffered ...
     batch_interval_s: float = 0.5    # ... or when the oldest buffered record is this old
     ttl_days: int | None = None      # raw time-series retention; None leaves it as it is
+    session_timeout_s: float = 45.0  # a worker silent this long (crashed) leaves the group and its partitions move on
     metrics_listen: str = ""         # host:port serving Prometheus /metrics; empty: off
 
     def problems(self) -> list[str]:
@@ -133,6 +134,7 @@ class IngestWorker:
             max_partition_fetch_bytes=16 * 1024 * 1024,
             fetch_max_bytes=64 * 1024 * 1024,
             max_poll_records=2000,
+            session_timeout_ms=int(config.session_timeout_s * 1000),
             **CONSUMER_METADATA,
         )
         self.consumer.subscribe(subscribed, listener=_FlushOnRevoke(self))

@@ -28,6 +28,8 @@ Fixtures:
     restartable_clickhouse (function)  same for ClickHouse.
     clickhouse_client (function)   a clickhouse_connect client on clickhouse_url, closed after.
     fresh_database (function)      name of a new, empty ClickHouse database, dropped after.
+    kafka_cluster (module)         FAULT TESTS: a local 3-node KafkaCluster (runwire.deploy.local
+                                   .kafka) of the test module, always local, stopped after it.
     new_topic (function)           factory ``new_topic(partitions=1, prefix="t") -> name``:
                                    creates a uniquely named topic, deleted after the test.
     s3_server (session)            a real S3 endpoint on loopback (moto's server in a child
@@ -47,7 +49,7 @@ import pytest
 _INFRA_FIXTURES = {
     "kafka_bootstrap", "clickhouse_url", "kafka_server", "clickhouse_server",
     "restartable_kafka", "restartable_clickhouse", "clickhouse_client", "fresh_database",
-    "new_topic", "s3_server", "s3_bucket",
+    "new_topic", "s3_server", "s3_bucket", "kafka_cluster",
 }
 
 
@@ -170,6 +172,23 @@ def restartable_kafka(kafka_server):
     yield kafka_server
     if not kafka_server.running:
         kafka_server.start()
+
+
+@pytest.fixture(scope="module")
+def kafka_cluster() -> Iterator[object]:
+    """FAULT TESTS ONLY. A local ``KafkaCluster`` of 3 nodes (broker and controller each, their
+    own JVMs, 256 MB heap each) for one test module; its tests may kill and restart nodes."""
+    from runwire.deploy.local.kafka import KafkaCluster
+
+    cluster = KafkaCluster(brokers=3, heap="256m")
+    try:
+        try:
+            cluster.start(timeout=float(os.environ.get("RUNWIRE_KAFKA_START_TIMEOUT", "180")))
+        except Exception as e:  # noqa: BLE001 - RuntimeError with the node's log, missing java/mvn
+            _unavailable("Kafka cluster (local KafkaCluster, 3 nodes)", str(e))
+        yield cluster
+    finally:
+        cluster.close()
 
 
 @pytest.fixture

@@ -116,14 +116,6 @@ class ClickHouseServer(ManagedServer):
         """The server process's stdout/stderr (start-up errors such as a port in use land here)."""
         return self.data_dir / _LOG_FILE
 
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> Optional[int]:
-        return self._proc.pid if self._proc is not None else None
-
     def client(self, **kwargs):
         """A new ``clickhouse_connect`` HTTP client for this server (extra kwargs passed on)."""
         import clickhouse_connect

@@ -48,7 +48,7 @@ from typing import Dict, List, Optional
 
 from runwire.deploy.local.process import ManagedServer, serve_in_foreground
 
-__all__ = ["KafkaServer", "resolve_kafka_jars", "cache_root", "KAFKA_VERSION"]
+__all__ = ["KafkaServer", "KafkaCluster", "resolve_kafka_jars", "cache_root", "KAFKA_VERSION"]
 
 KAFKA_VERSION = "4.1.1"
 
@@ -240,6 +240,85 @@ sys.exit(code if code >= 0 else 128 - code)
 """
 
 
+def _client_settings(bootstrap: str, budget: float) -> Dict[str, object]:
+    ms = int(budget * 1000)
+    return dict(bootstrap_servers=bootstrap, client_id="runwire-probe", request_timeout_ms=max(ms, 2000),
+                reconnect_backoff_ms=100, reconnect_backoff_max_ms=500, bootstrap_timeout_ms=max(ms, 2000))
+
+
+def _probe(bootstrap: str, replication: int, budget: float) -> None:
+    """Create the probe topic, produce one record with acks=all and fetch it back."""
+    from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    ms = int(budget * 1000)
+    common = _client_settings(bootstrap, budget)
+    admin = KafkaAdminClient(**common)
+    try:
+        try:
+            admin.create_topics([NewTopic(_PROBE_TOPIC, 1, replication)], timeout_ms=ms)
+        except TopicAlreadyExistsError:
+            pass
+    finally:
+        admin.close()
+    value = uuid.uuid4().hex.encode()
+    producer = KafkaProducer(acks="all", max_block_ms=ms, linger_ms=0, retries=5,
+                             retry_backoff_ms=100, **common)
+    try:
+        meta = producer.send(_PROBE_TOPIC, value=value, partition=0).get(timeout=budget)
+    finally:
+        producer.close(timeout=2)
+    tp = TopicPartition(_PROBE_TOPIC, 0)
+    consumer = KafkaConsumer(group_id=None, enable_auto_commit=False, fetch_max_wait_ms=100,
+                             **common)
+    try:
+        consumer.assign([tp])
+        consumer.seek(tp, meta.offset)
+        deadline = time.monotonic() + budget
+        while time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=200).values():
+                if any(r.value == value for r in records):
+                    return
+        raise TimeoutError("probe record was produced but not fetched back")
+    finally:
+        consumer.close()
+
+
+def _start_retrying_ports(attempts: int, start_once, bind_failed, new_ports, stop) -> None:
+    """``start_once()``; when it fails because a port chosen free was taken before the JVM
+    bound it (``bind_failed()``) and attempts remain, ``new_ports()`` and again. Whatever fails
+    is stopped first (``stop(timeout)``: a JVM that failed to start can hang 15 s in shutdown)."""
+    for attempt in range(attempts):
+        try:
+            start_once()
+            return
+        except RuntimeError:
+            failed_bind = bind_failed()
+            stop(timeout=3)
+            if failed_bind and attempt + 1 < attempts:
+                new_ports()
+                continue
+            raise
+        except BaseException:
+            stop()
+            raise
+
+
+def _replication_properties(replication: int, min_insync: int) -> Dict[str, object]:
+    """The broker defaults and internal topics (offsets, transactions, share state) for a
+    cluster whose topics have ``replication`` replicas and ``min_insync`` in-sync ones."""
+    return {
+        "default.replication.factor": replication,
+        "min.insync.replicas": min_insync,
+        "offsets.topic.replication.factor": replication,
+        "transaction.state.log.replication.factor": replication,
+        "transaction.state.log.min.isr": min_insync,
+        "share.coordinator.state.topic.replication.factor": replication,
+        "share.coordinator.state.topic.min.isr": min_insync,
+    }
+
+
 # --------------------------------------------------------------------------------------------
 # The broker
 # --------------------------------------------------------------------------------------------
@@ -315,21 +394,11 @@ class KafkaServer(ManagedServer):
         """Kafka's ``log.dirs`` (topic data and KRaft metadata)."""
         return self.data_dir / "kafka-logs"
 
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> Optional[int]:
-        return self._proc.pid if self._proc is not None else None
-
     # ---- configuration ----
 
     def _server_properties(self) -> Dict[str, object]:
         props: Dict[str, object] = {
             "process.roles": "broker,controller",
-            "node.id": 1,
-            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
             "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
             "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
             "controller.listener.names": "CONTROLLER",
@@ -337,17 +406,9 @@ class KafkaServer(ManagedServer):
             "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
             "log.dirs": str(self.logs_dir),
             "num.partitions": self.num_partitions,
-            "default.replication.factor": 1,
-            "min.insync.replicas": 1,
             "auto.create.topics.enable": str(self.auto_create_topics).lower(),
-            # Single node: internal topics cannot have 3 replicas.
-            "offsets.topic.replication.factor": 1,
             "offsets.topic.num.partitions": 5,  # 50 by default: slow to create on 2 cores
-            "transaction.state.log.replication.factor": 1,
-            "transaction.state.log.min.isr": 1,
             "transaction.state.log.num.partitions": 5,
-            "share.coordinator.state.topic.replication.factor": 1,
-            "share.coordinator.state.topic.min.isr": 1,
             "group.initial.rebalance.delay.ms": 0,
             # Small machines: fewer threads than the server defaults.
             "num.network.threads": 2,
@@ -362,8 +423,17 @@ class KafkaServer(ManagedServer):
             "broker.heartbeat.interval.ms": 500,
             "broker.session.timeout.ms": 4000,
         }
+        props.update(self._topology())
         props.update(self.extra_config)
         return props
+
+    def _topology(self) -> Dict[str, object]:
+        """Node id, quorum and replication: one node, so internal topics have one replica."""
+        return {"node.id": 1, "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
+                **_replication_properties(1, 1)}
+
+    def _cluster_id(self) -> str:
+        return _kafka_uuid()
 
     def _write_config(self) -> Path:
         path = self.data_dir / "server.properties"
@@ -393,8 +463,7 @@ class KafkaServer(ManagedServer):
     def _format_storage(self, jars: List[Path], config: Path) -> None:
         if (self.logs_dir / "meta.properties").exists():
             return  # formatted before: keep the data
-        cluster_id = _kafka_uuid()
-        cmd = self._java_cmd(jars, "kafka.tools.StorageTool", "format", "-t", cluster_id,
+        cmd = self._java_cmd(jars, "kafka.tools.StorageTool", "format", "-t", self._cluster_id(),
                              "-c", str(config), heap="256m")
         proc = subprocess.run(cmd, cwd=self.data_dir, stdin=subprocess.DEVNULL,
                               capture_output=True, text=True, timeout=120)
@@ -417,36 +486,40 @@ class KafkaServer(ManagedServer):
         # A port picked by free_port() can be taken by someone else before the JVM binds it;
         # before the first successful start (nobody knows the address yet) pick new ones.
         attempts = 1 if self._started or not (self._auto_port or self._auto_controller_port) else 3
-        for attempt in range(attempts):
-            config = self._write_config()
-            self._format_storage(jars, config)
-            log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-            self._stdout = open(self.stdout_path, "ab")
-            # The JVM runs under a small watchdog holding a pipe from us: if this process dies
-            # without stop() (SIGKILL, a killed CI job), the pipe closes and the watchdog stops
-            # the broker, so no orphaned JVM is left behind. Own process group for stop().
-            self._proc = subprocess.Popen(
-                [sys.executable, "-c", _WATCHDOG, *self._java_cmd(jars, "kafka.Kafka", str(config))],
-                cwd=self.data_dir, stdin=subprocess.PIPE, stdout=self._stdout,
-                stderr=subprocess.STDOUT, start_new_session=True,
-            )
-            try:
-                self._wait_ready(timeout, log_offset)
-            except RuntimeError:
-                self.stop(timeout=3)  # a JVM that failed to start can hang in shutdown for 15 s
-                if attempt + 1 < attempts and self._bind_failed_since(log_offset):
-                    if self._auto_port:
-                        self.port = free_port()
-                    if self._auto_controller_port:
-                        self.controller_port = free_port()
-                    continue
-                raise
-            except BaseException:
-                self.stop()
-                raise
-            self._started = True
-            return self
-        raise AssertionError("unreachable")
+        log_offset = 0
+
+        def start_once() -> None:
+            nonlocal log_offset
+            log_offset = self._launch(jars)
+            self._wait_ready(timeout, log_offset)
+
+        def new_ports() -> None:
+            if self._auto_port:
+                self.port = free_port()
+            if self._auto_controller_port:
+                self.controller_port = free_port()
+
+        _start_retrying_ports(attempts, start_once, lambda: self._bind_failed_since(log_offset), new_ports,
+                              self.stop)
+        self._started = True
+        return self
+
+    def _launch(self, jars: List[Path]) -> int:
+        """Write the config, format the storage once, start the JVM; returns the log offset
+        from which this start's messages are read."""
+        config = self._write_config()
+        self._format_storage(jars, config)
+        log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self._stdout = open(self.stdout_path, "ab")
+        # The JVM runs under a small watchdog holding a pipe from us: if this process dies
+        # without stop() (SIGKILL, a killed CI job), the pipe closes and the watchdog stops
+        # the broker, so no orphaned JVM is left behind. Own process group for stop().
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", _WATCHDOG, *self._java_cmd(jars, "kafka.Kafka", str(config))],
+            cwd=self.data_dir, stdin=subprocess.PIPE, stdout=self._stdout,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        return log_offset
 
     def _errors_since(self, offset: int, limit: int = 12) -> List[str]:
         """ERROR/FATAL lines (and their 'Caused by') the broker logged after ``offset``."""
@@ -499,7 +572,7 @@ class KafkaServer(ManagedServer):
                 time.sleep(0.2)
                 continue
             try:
-                self._probe(min(15.0, max(1.0, deadline - time.monotonic())))
+                self._ready_check(min(15.0, max(1.0, deadline - time.monotonic())))
                 return
             except (ImportError, TypeError) as e:
                 raise self._failure(f"could not be probed: {e!r}", log_offset) from e
@@ -516,45 +589,8 @@ class KafkaServer(ManagedServer):
         except OSError:
             return False
 
-    def _probe(self, budget: float) -> None:
-        """Create the probe topic, produce one record with acks=all and fetch it back."""
-        from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-        from kafka.admin import NewTopic
-        from kafka.errors import TopicAlreadyExistsError
-
-        ms = int(budget * 1000)
-        common = dict(bootstrap_servers=self.bootstrap, client_id="runwire-probe",
-                      request_timeout_ms=max(ms, 2000), reconnect_backoff_ms=100,
-                      reconnect_backoff_max_ms=500, bootstrap_timeout_ms=max(ms, 2000))
-        admin = KafkaAdminClient(**common)
-        try:
-            try:
-                admin.create_topics([NewTopic(_PROBE_TOPIC, 1, 1)], timeout_ms=ms)
-            except TopicAlreadyExistsError:
-                pass
-        finally:
-            admin.close()
-        value = uuid.uuid4().hex.encode()
-        producer = KafkaProducer(acks="all", max_block_ms=ms, linger_ms=0, retries=5,
-                                 retry_backoff_ms=100, **common)
-        try:
-            meta = producer.send(_PROBE_TOPIC, value=value, partition=0).get(timeout=budget)
-        finally:
-            producer.close(timeout=2)
-        tp = TopicPartition(_PROBE_TOPIC, 0)
-        consumer = KafkaConsumer(group_id=None, enable_auto_commit=False, fetch_max_wait_ms=100,
-                                 **common)
-        try:
-            consumer.assign([tp])
-            consumer.seek(tp, meta.offset)
-            deadline = time.monotonic() + budget
-            while time.monotonic() < deadline:
-                for records in consumer.poll(timeout_ms=200).values():
-                    if any(r.value == value for r in records):
-                        return
-            raise TimeoutError("probe record was produced but not fetched back")
-        finally:
-            consumer.close()
+    def _ready_check(self, budget: float) -> None:
+        _probe(self.bootstrap, 1, budget)
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM the broker's process group, wait up to ``timeout``, then SIGKILL.
@@ -588,6 +624,280 @@ class KafkaServer(ManagedServer):
         return f"KafkaServer(bootstrap={self.bootstrap!r}, data_dir={str(self.data_dir)!r}, {state})"
 
 
+# --------------------------------------------------------------------------------------------
+# A cluster of brokers
+# --------------------------------------------------------------------------------------------
+
+
+class _ClusterNode(KafkaServer):
+    """One node of a ``KafkaCluster``: broker and voter of the cluster's KRaft quorum."""
+
+    def __init__(self, cluster: "KafkaCluster", node_id: int, data_dir: Path, port: int,
+                 controller_port: int) -> None:
+        super().__init__(data_dir, port, controller_port, num_partitions=cluster.num_partitions,
+                         heap=cluster.heap, extra_config=cluster.extra_config,
+                         version=cluster.version, cache_dir=cluster.cache_dir)
+        self.node_id = node_id
+        self.cluster = cluster
+        self._auto_port = self._auto_controller_port = False  # the cluster picks the ports
+        self._owns_dir = False  # the cluster's directory
+
+    def _topology(self) -> Dict[str, object]:
+        return {"node.id": self.node_id, "controller.quorum.voters": self.cluster.voters,
+                **_replication_properties(self.cluster.replication, self.cluster.min_insync)}
+
+    def _cluster_id(self) -> str:
+        return self.cluster.cluster_id
+
+    def _ready_check(self, budget: float) -> None:
+        """Started means unfenced: ready once the cluster's metadata lists this broker."""
+        from kafka import KafkaAdminClient
+
+        admin = KafkaAdminClient(**_client_settings(self.bootstrap, budget))
+        try:
+            brokers = admin.describe_cluster()["brokers"]
+        finally:
+            admin.close()
+        if not any(b["broker_id"] == self.node_id and not b.get("is_fenced") for b in brokers):
+            raise RuntimeError(f"broker {self.node_id} is not in the cluster's metadata yet")
+
+
+class KafkaCluster:
+    """Several Kafka nodes on 127.0.0.1, each its own JVM, data directory and ports, each
+    broker and controller (a combined KRaft quorum of all nodes), for fault tests.
+
+    Topics created without a replication factor get ``min(3, brokers)`` replicas and
+    ``min.insync.replicas`` as runwire's topics (runwire.ingest.kafka_io), internal topics
+    (consumer offsets, transactions) too.
+
+    Parameters:
+        brokers: number of nodes (ids 1..brokers). Default 3.
+        data_dir: holds ``node-<id>/`` per node. Default: a temporary directory, deleted by
+            ``close()``.
+        ports, controller_ports: per node, in node order; default: free ports chosen once and
+            kept for restarts. A port in use makes ``start()`` fail with the broker's error.
+        heap: JVM heap per node. Default ``"256m"``.
+        num_partitions, extra_config, version, cache_dir: as ``KafkaServer``'s, for every node.
+
+    Usage::
+
+        with KafkaCluster() as cluster:
+            cluster.bootstrap                      # "127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3"
+            victim = cluster.leader("topic", 0)    # node id, from the cluster's metadata
+            cluster.kill(victim)                   # SIGKILL
+            cluster.start_node(victim)
+            cluster.wait_in_sync()                 # no under-replicated partition left
+    """
+
+    def __init__(self, brokers: int = 3, data_dir: Optional[os.PathLike] = None, *,
+                 ports: Optional[List[int]] = None, controller_ports: Optional[List[int]] = None,
+                 num_partitions: int = 1, heap: str = "256m", extra_config: Optional[Dict[str, object]] = None,
+                 version: str = KAFKA_VERSION, cache_dir: Optional[os.PathLike] = None) -> None:
+        from runwire.ingest.kafka_io import min_insync_for, replication_for
+
+        if brokers < 1:
+            raise ValueError("a cluster needs at least one broker")
+        for name, given in (("ports", ports), ("controller_ports", controller_ports)):
+            if given is not None and len(given) != brokers:
+                raise ValueError(f"{name} needs one port per broker ({brokers}), got {len(given)}")
+        self._owns_dir = data_dir is None
+        self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="runwire-kafka-cluster-")).resolve()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.replication = replication_for(brokers)
+        self.min_insync = min_insync_for(self.replication)
+        self.num_partitions, self.heap, self.version, self.cache_dir = num_partitions, heap, version, cache_dir
+        self.extra_config = dict(extra_config or {})
+        self.cluster_id = _kafka_uuid()
+        self._auto_ports = ports is None and controller_ports is None
+        self._started = False
+        wanted = list(ports or []) + list(controller_ports or [])
+        if len(set(wanted)) != len(wanted):
+            raise ValueError(f"ports must be distinct: {wanted}")
+        client = list(ports or self._free_ports(brokers, set(wanted)))
+        control = list(controller_ports or self._free_ports(brokers, set(wanted) | set(client)))
+        self.nodes = [_ClusterNode(self, i + 1, self.data_dir / f"node-{i + 1}", client[i], control[i])
+                      for i in range(brokers)]
+
+    @staticmethod
+    def _free_ports(count: int, avoid: set) -> List[int]:
+        out: List[int] = []
+        while len(out) < count:
+            port = free_port()
+            if port not in avoid and port not in out:
+                out.append(port)
+        return out
+
+    # ---- addresses and state ----
+
+    @property
+    def voters(self) -> str:
+        """``controller.quorum.voters``: every node is a voter."""
+        return ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.nodes)
+
+    @property
+    def bootstrap(self) -> str:
+        """Every node's client address, for ``bootstrap_servers``."""
+        return ",".join(n.bootstrap for n in self.nodes)
+
+    @property
+    def running(self) -> bool:
+        """True while every node runs."""
+        return all(n.running for n in self.nodes)
+
+    def node(self, node_id: int) -> KafkaServer:
+        return self.nodes[node_id - 1]
+
+    # ---- lifecycle ----
+
+    def start(self, timeout: float = 180.0) -> "KafkaCluster":
+        """Start every node that is not running and wait until each is an unfenced broker and
+        the cluster takes a produce with acks=all on a fully replicated topic and a fetch.
+        Raises ``RuntimeError`` with the failing node's log; all nodes are stopped then."""
+        jars = resolve_kafka_jars(self.version, self.cache_dir)
+        attempts = 3 if self._auto_ports and not self._started else 1
+        offsets: Dict[int, int] = {}
+
+        def start_once() -> None:
+            deadline = time.monotonic() + timeout
+            # All nodes first: none becomes ready before a majority of the quorum runs.
+            offsets.clear()
+            offsets.update({n.node_id: n._launch(jars) for n in self.nodes if not n.running})
+            for n in self.nodes:
+                if n.node_id in offsets:
+                    n._wait_ready(max(1.0, deadline - time.monotonic()), offsets[n.node_id])
+            self._probe(deadline)
+
+        def new_ports() -> None:
+            fresh = self._free_ports(2 * len(self.nodes), set())
+            for i, n in enumerate(self.nodes):
+                n.port, n.controller_port = fresh[2 * i], fresh[2 * i + 1]
+
+        _start_retrying_ports(attempts, start_once,
+                              lambda: any(n._bind_failed_since(offsets.get(n.node_id, 0)) for n in self.nodes),
+                              new_ports, self.stop)
+        self._started = True
+        return self
+
+    def _probe(self, deadline: float) -> None:
+        last: Optional[BaseException] = None
+        while time.monotonic() < deadline:
+            try:
+                _probe(self.bootstrap, self.replication, min(15.0, max(1.0, deadline - time.monotonic())))
+                return
+            except Exception as e:  # noqa: BLE001 - not ready yet
+                last = e
+                time.sleep(0.3)
+        raise RuntimeError(f"Kafka cluster on {self.bootstrap} took no acks=all produce (last error: {last!r})")
+
+    def start_node(self, node_id: int, timeout: float = 120.0) -> KafkaServer:
+        """Start one stopped node again (same ports, same data); returns when it is an
+        unfenced broker. Its replicas catch up afterwards: see ``wait_in_sync``."""
+        return self.node(node_id).start(timeout)
+
+    def kill(self, node_id: int) -> None:
+        """SIGKILL one node (a crash): no controlled shutdown, nothing flushed."""
+        self.node(node_id).kill()
+
+    def stop_node(self, node_id: int) -> None:
+        """Stop one node cleanly (SIGTERM: controlled shutdown moves its leaders away first)."""
+        self.node(node_id).stop()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop every node (data kept). Safe to call twice. All are signalled at once: one by
+        one, the last node's controlled shutdown would wait for a quorum that is gone."""
+        for n in self.nodes:
+            if n.running:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(n.pid, signal.SIGTERM)
+        for n in self.nodes:
+            n.stop(timeout=timeout)
+
+    def close(self) -> None:
+        """Stop, and delete the data directory if this object created it (then at once with
+        SIGKILL: a clean shutdown of data about to be deleted is wasted time)."""
+        if not self._owns_dir:
+            self.stop()
+            return
+        for n in self.nodes:
+            n.kill()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> "KafkaCluster":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- what the cluster's metadata says ----
+
+    def admin(self, budget: float = 10.0):
+        """A new ``KafkaAdminClient`` on the running nodes (close it)."""
+        from kafka import KafkaAdminClient
+
+        running = ",".join(n.bootstrap for n in self.nodes if n.running) or self.bootstrap
+        return KafkaAdminClient(**_client_settings(running, budget))
+
+    def _ask(self, question, timeout: float = 30.0):
+        """``question(admin)`` on a new admin client, asked again while the client fails to
+        reach a node: right after a crash the metadata still names the dead node."""
+        from kafka.errors import KafkaError
+
+        deadline = time.monotonic() + timeout
+        while True:
+            admin = None
+            try:
+                admin = self.admin()
+                return question(admin)
+            except KafkaError as e:
+                if not e.retriable or time.monotonic() > deadline:
+                    raise
+            finally:
+                if admin is not None:
+                    admin.close()
+            time.sleep(0.3)
+
+    def partitions(self, topics: Optional[List[str]] = None) -> Dict[tuple, dict]:
+        """``{(topic, partition): {"leader", "replicas", "isr"}}`` from the cluster's metadata
+        (all topics, internal ones included, when ``topics`` is None)."""
+        described = self._ask(lambda admin: admin.describe_topics(topics))
+        return {(t["name"], p["partition_index"]): {"leader": p["leader_id"], "replicas": list(p["replica_nodes"]),
+                                                     "isr": list(p["isr_nodes"])}
+                for t in described for p in t["partitions"]}
+
+    def leader(self, topic: str, partition: int) -> int:
+        """Node id leading ``topic``'s ``partition`` (-1 while it has none)."""
+        return self.partitions([topic])[(topic, partition)]["leader"]
+
+    def active_controller(self) -> int:
+        """Node id of the KRaft quorum's leader (the active controller), from DescribeQuorum."""
+        quorum = self._ask(lambda admin: admin.describe_metadata_quorum())
+        return quorum["topics"][0]["partitions"][0]["leader_id"]
+
+    def under_replicated(self) -> List[tuple]:
+        """(topic, partition) of every partition whose in-sync replicas are fewer than its replicas."""
+        return sorted(tp for tp, p in self.partitions().items() if set(p["isr"]) != set(p["replicas"]))
+
+    def wait_in_sync(self, timeout: float = 120.0) -> None:
+        """Wait until every node runs and no partition is under-replicated; RuntimeError after
+        ``timeout`` seconds naming the partitions still behind."""
+        deadline = time.monotonic() + timeout
+        behind: object = "not asked yet"
+        while time.monotonic() < deadline:
+            if not self.running:
+                raise RuntimeError(f"nodes {[n.node_id for n in self.nodes if not n.running]} are not running")
+            try:
+                behind = self.under_replicated()
+                if not behind:
+                    return
+            except Exception as e:  # noqa: BLE001 - metadata not available yet
+                behind = repr(e)
+            time.sleep(0.5)
+        raise RuntimeError(f"Kafka cluster on {self.bootstrap}: still under-replicated after {timeout:.0f}s: {behind}")
+
+    def __repr__(self) -> str:
+        return f"KafkaCluster(bootstrap={self.bootstrap!r}, data_dir={str(self.data_dir)!r})"
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m runwire.deploy.local.kafka",
@@ -596,6 +906,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--port", type=int, default=None, help="client port (default: a free one)")
     parser.add_argument("--controller-port", type=int, default=None)
     parser.add_argument("--partitions", type=int, default=1, help="num.partitions for auto-created topics")
+    parser.add_argument("--brokers", type=int, default=1,
+                        help="nodes (each broker and controller, its own JVM); above 1 with free ports only")
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--resolve-only", action="store_true",
                         help="only fetch the jars into the cache (make kafka-jars) and exit")
@@ -604,6 +916,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         jars = resolve_kafka_jars()
         print(f"Kafka {KAFKA_VERSION}: {len(jars)} jars cached in {cache_root()}")
         return 0
+    if args.brokers > 1:
+        if args.port or args.controller_port:
+            parser.error("--port and --controller-port are for one broker; a cluster picks free ports")
+        cluster = KafkaCluster(args.brokers, args.data_dir, num_partitions=args.partitions)
+        return serve_in_foreground(cluster, lambda: cluster.start(args.timeout), lambda: (
+            f"Kafka {cluster.version} cluster of {args.brokers}", f"bootstrap: {cluster.bootstrap}",
+            [f"data:      {cluster.data_dir}"]), "a node")
     server = KafkaServer(args.data_dir, args.port, args.controller_port, num_partitions=args.partitions)
     return serve_in_foreground(server, lambda: server.start(args.timeout), lambda: (
         f"Kafka {server.version}", f"bootstrap: {server.bootstrap}", [f"log:       {server.log_path}"]), "broker")

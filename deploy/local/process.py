@@ -14,6 +14,14 @@ class ManagedServer:
     """A server in a child process group. Subclasses provide `start(timeout)`, `stop()`,
     `_proc` (the Popen, or None), `data_dir` and `_owns_dir`."""
 
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
     def kill(self) -> None:
         """SIGKILL the server at once (a crash, for fault tests). Data kept; `start()` recovers."""
         if self._proc is not None and self._proc.poll() is None:

@@ -13,6 +13,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+import orjson
+
 from runwire.proto.config import build, secret
 from runwire.ingest.mlflow import protocol as P
 from runwire.ingest.mlflow.protocol import MlflowError
@@ -63,7 +65,7 @@ class MlflowServerConfig:
     kafka_bootstrap: str = ""
     topic_prefix: str = "runwire."
     topic_partitions: int = 6
-    topic_replication: int = 1
+    topic_replication: int = 0               # 0: 3, or the brokers when fewer (kafka_io.replication_for)
     clickhouse_url: str = ""                 # reads (and direct-mode writes)
     clickhouse_database: str = "runwire"
     ttl_days: int | None = None              # direct mode's raw time-series retention, as the gateway's
@@ -103,7 +105,7 @@ def _request_body(method: str, raw: bytes, query) -> dict:
     if not raw.strip():
         return {}
     try:
-        body = json.loads(raw)
+        body = _loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise MlflowError("MALFORMED_REQUEST", "Malformed request: the body is not JSON") from None
     except RecursionError:  # json's parser recurses once per nesting level
@@ -111,6 +113,22 @@ def _request_body(method: str, raw: bytes, query) -> dict:
     if not isinstance(body, dict):
         raise MlflowError("MALFORMED_REQUEST", "Malformed request: the body must be a JSON object")
     return body
+
+
+def _loads(raw: bytes):
+    """orjson (a 1,000-metric log_batch parses ~5x faster); what it refuses but Python's json
+    reads (bare NaN / Infinity literals, integers beyond 64 bits) falls back to json."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
+
+
+def _dumps(result) -> bytes:
+    try:
+        return orjson.dumps(result)
+    except TypeError:  # an integer beyond 64 bits: only Python's json writes it
+        return json.dumps(result).encode()
 
 
 def create_app(service: MlflowService):
@@ -139,7 +157,7 @@ def create_app(service: MlflowService):
         except Exception:  # a bug or a storage failure: MLflow's INTERNAL_ERROR, logged here
             log.exception("MLflow %s failed", name)
             return error(MlflowError("INTERNAL_ERROR", f"{name} failed; see the server log"))
-        return result if isinstance(result, Response) else Response(json.dumps(result), media_type="application/json")
+        return result if isinstance(result, Response) else Response(_dumps(result), media_type="application/json")
 
     def endpoint(handlers: dict):
         async def call(request):
@@ -224,7 +242,10 @@ def create_app(service: MlflowService):
 def bind(listen: str) -> socket.socket:
     """A listening socket on host:port. No SO_REUSEPORT: a port in use is refused (EADDRINUSE)."""
     host, _, port = listen.rpartition(":")
-    sock = socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio turns Nagle off only on sockets whose proto says TCP, and with
+    # Nagle on, the response's body waited for the client's delayed ACK: 40 ms per request.
+    sock = socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET, socket.SOCK_STREAM,
+                         socket.IPPROTO_TCP)
     try:
         sock.bind((host.strip("[]") or "127.0.0.1", int(port)))
         sock.listen(2048)

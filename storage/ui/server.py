@@ -20,7 +20,9 @@ class PortInUse(OSError):
 def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket on host:port (port 0: any free one). PortInUse when taken."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio turns Nagle off only on sockets whose proto says TCP (else a
+    # response's body waits ~40 ms for the client's delayed ACK).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     # SO_REUSEADDR only lets a restart bind past TIME_WAIT; a live listener still refuses us.
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:

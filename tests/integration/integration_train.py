@@ -1,7 +1,7 @@
 """Tiny models built from config, trained on random data on CPU with the runwire integrations.
 
     python integration_train.py lightning   # 2 processes (Lightning's DDP launcher, gloo)
-    python integration_train.py hf          # Hugging Face Trainer, one process
+    python integration_train.py hf          # Hugging Face Trainer: one process, or each of torchrun's
 
 The emitter's settings come from RUNWIRE_* variables (gateway, run id, spool, gpu=false).
 """

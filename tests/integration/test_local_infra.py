@@ -158,6 +158,24 @@ def test_kafka_broker_restart_keeps_data_and_address(restartable_kafka, kafka_bo
     assert sorted((r.key, r.value) for r in records) == sorted(before + after)
 
 
+def test_kafka_cluster_refuses_a_port_in_use(tmp_path):
+    import socket
+
+    from runwire.deploy.local.kafka import KafkaCluster
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cluster = KafkaCluster(3, tmp_path / "cluster", ports=[port] + KafkaCluster._free_ports(2, {port}))
+        try:
+            with pytest.raises(RuntimeError, match="Address already in use"):
+                cluster.start(timeout=120)
+            assert not any(node.running for node in cluster.nodes)  # nothing left behind
+        finally:
+            cluster.close()
+
+
 # ------------------------------------------------------------------------------------------
 # ClickHouse
 # ------------------------------------------------------------------------------------------

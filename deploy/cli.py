@@ -38,7 +38,7 @@ def configure_logging(verbose: bool) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from runwire import commands as emitter_commands
     from runwire.deploy import commands as deploy_commands
-    from runwire.deploy import repro_commands
+    from runwire.deploy import mlflow_commands, repro_commands
     from runwire.ingest import commands as ingest_commands
     from runwire.storage import commands as storage_commands
 
@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     storage_commands.register(sub)
     emitter_commands.register(sub)
     repro_commands.register(sub)  # artifacts, models
+    mlflow_commands.register(sub)  # mlflow-server
     return parser
 
 

@@ -66,7 +66,8 @@ CREATE TABLE IF NOT EXISTS history (
     id       INTEGER PRIMARY KEY AUTOINCREMENT,
     model    TEXT NOT NULL,
     version  INTEGER,
-    action   TEXT NOT NULL,          -- create_model, create_version, stage, alias, delete_alias
+    action   TEXT NOT NULL,          -- create_model, create_version, stage, alias, delete_alias, tag,
+                                     -- delete_tag, description
     field    TEXT NOT NULL DEFAULT '',  -- the alias name for alias actions
     old      TEXT,
     new      TEXT,
@@ -75,6 +76,13 @@ CREATE TABLE IF NOT EXISTS history (
     at       REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS history_model ON history (model, at);
+CREATE TABLE IF NOT EXISTS tags (
+    model    TEXT NOT NULL,
+    version  INTEGER NOT NULL DEFAULT 0,  -- 0: a tag of the model itself
+    key      TEXT NOT NULL,
+    value    TEXT NOT NULL,
+    PRIMARY KEY (model, version, key)
+);
 """
 
 
@@ -225,6 +233,57 @@ class Registry:
             db.execute("DELETE FROM aliases WHERE model = ? AND alias = ?", (model, alias))
             self._log(db, model, row[0], "delete_alias", alias, str(row[0]), None, who, reason, time.time())
 
+    def set_tag(self, model: str, key: str, value: str, version: int | None = None, actor: str | None = None,
+                reason: str = "") -> None:
+        """Set a tag of the model, or of one version."""
+        _check_name(key, "tag key")
+        who = _actor(actor)
+        with self._write() as db:
+            number = self._tag_target(db, model, version)
+            row = db.execute("SELECT value FROM tags WHERE model = ? AND version = ? AND key = ?",
+                             (model, number, key)).fetchone()
+            db.execute("INSERT INTO tags (model, version, key, value) VALUES (?, ?, ?, ?) ON CONFLICT "
+                       "(model, version, key) DO UPDATE SET value = excluded.value", (model, number, key, str(value)))
+            self._log(db, model, version, "tag", key, row[0] if row else None, str(value), who, reason, time.time())
+
+    def delete_tag(self, model: str, key: str, version: int | None = None, actor: str | None = None,
+                   reason: str = "") -> None:
+        who = _actor(actor)
+        with self._write() as db:
+            number = self._tag_target(db, model, version)
+            row = db.execute("SELECT value FROM tags WHERE model = ? AND version = ? AND key = ?",
+                             (model, number, key)).fetchone()
+            if row is None:
+                raise RegistryError(f"model {model!r} has no tag {key!r}" + (f" on version {version}" if version else ""))
+            db.execute("DELETE FROM tags WHERE model = ? AND version = ? AND key = ?", (model, number, key))
+            self._log(db, model, version, "delete_tag", key, row[0], None, who, reason, time.time())
+
+    def set_description(self, model: str, description: str, version: int | None = None, actor: str | None = None,
+                        reason: str = "") -> None:
+        """Replace the description of the model, or of one version."""
+        who = _actor(actor)
+        with self._write() as db:
+            if version is None:
+                row = db.execute("SELECT description FROM models WHERE name = ?", (model,)).fetchone()
+                if row is None:
+                    raise RegistryError(f"no registered model {model!r}")
+                db.execute("UPDATE models SET description = ? WHERE name = ?", (description, model))
+            else:
+                self._stage_of(db, model, version)
+                row = db.execute("SELECT description FROM versions WHERE model = ? AND version = ?",
+                                 (model, int(version))).fetchone()
+                db.execute("UPDATE versions SET description = ? WHERE model = ? AND version = ?",
+                           (description, model, int(version)))
+            self._log(db, model, version, "description", "", row[0], description, who, reason, time.time())
+
+    def _tag_target(self, db, model: str, version: int | None) -> int:
+        if version is None:
+            if db.execute("SELECT 1 FROM models WHERE name = ?", (model,)).fetchone() is None:
+                raise RegistryError(f"no registered model {model!r}")
+            return 0
+        self._stage_of(db, model, version)
+        return int(version)
+
     # -- reads ------------------------------------------------------------------------------
     def list_models(self) -> list[dict]:
         with self._read() as db:
@@ -250,6 +309,8 @@ class Registry:
                 raise RegistryError(f"no registered model {name!r}")
             model = dict(row)
             model["aliases"] = self._aliases(db, name)
+            model["tags"] = self._tags(db, name, 0)
+            model["updated_at"] = db.execute("SELECT max(at) FROM history WHERE model = ?", (name,)).fetchone()[0]
             model["versions"] = [self._version_dict(db, r) for r in db.execute(
                 "SELECT * FROM versions WHERE model = ? ORDER BY version", (name,)).fetchall()]
             return model
@@ -318,9 +379,17 @@ class Registry:
                                             (model,)).fetchall()}
 
     @staticmethod
-    def _version_dict(db, row) -> dict:
+    def _tags(db, model: str, version: int) -> dict[str, str]:
+        return {k: v for k, v in db.execute("SELECT key, value FROM tags WHERE model = ? AND version = ? ORDER BY key",
+                                            (model, version)).fetchall()}
+
+    @classmethod
+    def _version_dict(cls, db, row) -> dict:
         out = dict(row)
         out["lineage"] = json.loads(out["lineage"])
+        out["tags"] = cls._tags(db, row["model"], row["version"])
+        out["updated_at"] = db.execute("SELECT max(at) FROM history WHERE model = ? AND version = ?",
+                                       (row["model"], row["version"])).fetchone()[0]
         out["aliases"] = sorted(a for (a,) in db.execute("SELECT alias FROM aliases WHERE model = ? AND version = ?",
                                                          (row["model"], row["version"])).fetchall())
         return out

@@ -13,7 +13,6 @@ from runwire.storage.client import add_clickhouse_options
 def register(subparsers) -> None:
     """Add this group's subcommands to the `runwire` parser."""
     from runwire.ingest.alerts import commands as alert_commands
-    from runwire.ingest.mlflow import commands as mlflow_commands
 
     p = subparsers.add_parser("gateway", help="run the gRPC gateway (settings also from RUNWIRE_* variables)")
     p.add_argument("--listen", default=None, help="host:port (default $RUNWIRE_LISTEN, else 127.0.0.1:50051)")
@@ -36,7 +35,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_ingest)
 
     alert_commands.register(subparsers)
-    mlflow_commands.register(subparsers)
 
 
 def add_kafka_options(parser) -> None:

@@ -15,6 +15,9 @@ EXPERIMENT_COLUMNS = ["experiment_id", "name", "project", "artifact_location", "
                       "creation_time", "last_update_time", "updated_at"]
 RUN_COLUMNS = ["run_id", "project", "experiment_id", "name", "user_id", "status", "start_time", "end_time",
                "artifact_uri", "lifecycle_stage", "deleted_time", "updated_at"]
+LOGGED_MODEL_COLUMNS = ["model_id", "experiment_id", "name", "artifact_location", "source_run_id", "model_type",
+                        "status", "status_message", "tags", "params", "creation_time", "last_update_time",
+                        "lifecycle_stage", "updated_at"]
 INPUT_COLUMNS = ["run_id", "name", "digest", "source_type", "source", "schema", "profile", "input_tags",
                  "context", "updated_at"]
 
@@ -49,6 +52,9 @@ class MlflowMetaWriter:
 
     def put_runs(self, runs: list[dict]) -> None:
         self._insert("mlflow_runs", RUN_COLUMNS, runs)
+
+    def put_logged_model(self, model: dict) -> None:
+        self._insert("mlflow_logged_models", LOGGED_MODEL_COLUMNS, [model])
 
     def put_inputs(self, inputs: list[dict]) -> None:
         self._insert("mlflow_inputs", INPUT_COLUMNS, inputs)

@@ -760,10 +760,16 @@ class RunQueries:
     def list_artifacts(self, run_id: str, project: str | None = None) -> list[dict]:
         """The run's artifacts by name: type, digest (of the manifest), size_bytes, files, store,
         endpoint, metadata (JSON text). Only artifacts whose every byte is in the store."""
-        project = self._resolve([run_id], project)[run_id]
+        return self.run_artifacts(self._resolve([run_id], project)[run_id], run_id)
+
+    def run_artifacts(self, project: str, run_id: str) -> list[dict]:
+        """list_artifacts of a run known to be in ``project`` (no look-up of the run: the MLflow
+        API lists a run's artifacts before ingest may have stored its start). Deleted artifacts
+        (a record whose newest value is not a record, so its digest is empty) are left out."""
         return self._query(
             f"SELECT {self._ARTIFACT_COLUMNS} FROM artifacts FINAL "
-            "WHERE project = {p:String} AND run_id = {r:String} ORDER BY name", {"p": project, "r": run_id})
+            "WHERE project = {p:String} AND run_id = {r:String} AND digest != '' ORDER BY name",
+            {"p": project, "r": run_id})
 
     def get_artifact(self, run_id: str, name: str, project: str | None = None) -> dict:
         """One artifact of a run (see list_artifacts); NotFound when the run has none by that name."""
@@ -793,13 +799,7 @@ class RunQueries:
         """Experiment rows {experiment_id, name, project, artifact_location, lifecycle_stage,
         tags, creation_time, last_update_time} (newest versions) with these ids or names; every
         experiment when both are None. Ordered by experiment_id."""
-        where, params = [], {}
-        if experiment_ids is not None:
-            where.append("experiment_id IN {ids:Array(String)}")
-            params["ids"] = list(experiment_ids)
-        if names is not None:
-            where.append("name IN {names:Array(String)}")
-            params["names"] = list(names)
+        where, params = _in_lists(experiment_id=experiment_ids, name=names)
         # name is not in the sorting key: filter after FINAL picked the newest versions.
         sql = ("SELECT * FROM (SELECT experiment_id, name, project, artifact_location, "
                "toString(lifecycle_stage) AS lifecycle_stage, tags, creation_time, last_update_time "
@@ -808,6 +808,20 @@ class RunQueries:
         rows = self._query(sql, params)
         for row in rows:
             row["tags"] = dict(row["tags"])
+        return rows
+
+    def mlflow_logged_models(self, model_ids: Sequence[str] | None = None,
+                             experiment_ids: Sequence[str] | None = None) -> list[dict]:
+        """Logged-model rows (newest versions; columns of mlflow_logged_models) with these ids or
+        in these experiments, ordered by creation time then id."""
+        where, params = _in_lists(model_id=model_ids, experiment_id=experiment_ids)
+        rows = self._query(
+            "SELECT * FROM (SELECT model_id, experiment_id, name, artifact_location, source_run_id, model_type, "
+            "toString(status) AS status, status_message, tags, params, creation_time, last_update_time, "
+            "toString(lifecycle_stage) AS lifecycle_stage FROM mlflow_logged_models FINAL)"
+            + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY creation_time, model_id", params)
+        for row in rows:
+            row["tags"], row["params"] = dict(row["tags"]), dict(row["params"])
         return rows
 
     def mlflow_runs(self, run_ids: Sequence[str]) -> dict[str, dict]:
@@ -850,7 +864,9 @@ class RunQueries:
             " UNION ALL SELECT 'inputs', run_id, name,"
             " toJSONString((digest, source_type, source, schema, profile, input_tags, context)), nan, 0, 0"
             " FROM mlflow_inputs FINAL WHERE run_id IN {rs:Array(String)}"
-            ") WHERE NOT (kind = 'tags' AND value = {tomb:String}) ORDER BY kind, run_id, key, value", params)
+            # Artifact records are shown as the run's artifacts, not as MLflow tags.
+            ") WHERE NOT (kind = 'tags' AND (value = {tomb:String} OR startsWith(key, 'runwire.artifact.')))"
+            " ORDER BY kind, run_id, key, value", params)
         for row in rows:
             data = out.get(row["run_id"])
             if data is None:
@@ -1319,3 +1335,14 @@ def _combine_ranks(per_rank: str, across_ranks: bool) -> str:
                 f"count() AS ranks FROM ({per_rank}) GROUP BY bucket_start ORDER BY bucket_start")
     return (f"SELECT bucket_start, rank, r_min AS min, r_max AS max, r_point.3 AS last, r_count AS count "
             f"FROM ({per_rank}) ORDER BY rank, bucket_start")
+
+
+def _in_lists(**columns: Sequence[str] | None) -> tuple[list[str], dict]:
+    """``column IN {column:Array(String)}`` conditions (and their parameters) for the columns
+    given a list; None: no condition on that column."""
+    where, params = [], {}
+    for column, values in columns.items():
+        if values is not None:
+            where.append(f"{column} IN {{{column}:Array(String)}}")
+            params[column] = list(values)
+    return where, params

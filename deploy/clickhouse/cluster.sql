@@ -458,3 +458,27 @@ SELECT project, run_id,
        updated_at
 FROM runwire.tags_local
 WHERE startsWith(key, 'runwire.dataset.');
+
+-- from 0007_mlflow_logged_models.sql
+CREATE TABLE IF NOT EXISTS runwire.mlflow_logged_models_local ON CLUSTER runwire
+(
+    model_id           String,
+    experiment_id      String,
+    name               String,
+    artifact_location  String,
+    source_run_id      String,
+    model_type         String,
+    status             LowCardinality(String),   -- LOGGED_MODEL_PENDING, LOGGED_MODEL_READY, LOGGED_MODEL_UPLOAD_FAILED
+    status_message     String,
+    tags               Map(String, String),
+    params             Map(String, String),
+    creation_time      Int64,
+    last_update_time   Int64,
+    lifecycle_stage    LowCardinality(String),   -- active, deleted
+    updated_at         DateTime64(9, 'UTC')
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/runwire/mlflow_logged_models', '{replica}', updated_at)
+ORDER BY model_id;
+
+CREATE TABLE IF NOT EXISTS runwire.mlflow_logged_models ON CLUSTER runwire AS runwire.mlflow_logged_models_local
+ENGINE = Distributed(runwire, runwire, mlflow_logged_models_local, cityHash64(model_id));

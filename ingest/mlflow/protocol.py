@@ -173,6 +173,22 @@ def decode_page_token(token: str | None) -> int:
 # --- ids and names -------------------------------------------------------------------------
 
 
+def page(rows: list, body: dict, default_max: int, key: str) -> dict:
+    """One page of ``rows`` under ``key`` (left out when empty, as MLflow's JSON leaves empty
+    lists out) for the request's max_results and page_token, and the next page's token."""
+    max_results = as_int(body.get("max_results"), "max_results", default_max)
+    if not 0 < max_results <= MAX_SEARCH_RESULTS:
+        raise invalid(f"Invalid value for max_results. It must be at most {MAX_SEARCH_RESULTS}, "
+                      f"but got value {max_results}")
+    offset = decode_page_token(body.get("page_token"))
+    out: dict = {}
+    if rows[offset:offset + max_results]:
+        out[key] = rows[offset:offset + max_results]
+    if offset + max_results < len(rows):
+        out["next_page_token"] = encode_page_token(offset + max_results)
+    return out
+
+
 def project_for(experiment_name: str) -> str:
     """The runwire project of a new experiment: its name, shortened with a digest when longer
     than a project may be."""

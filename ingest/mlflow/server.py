@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import orjson
 
 from runwire.proto.config import build, secret
+from runwire.ingest.mlflow import protocol as P
 from runwire.ingest.mlflow.protocol import MlflowError
 from runwire.ingest.mlflow.service import MlflowService
 
@@ -45,11 +46,13 @@ ROUTES = {
     "/runs/set-tag": "set_tag",
     "/runs/delete-tag": "delete_tag",
     "/runs/log-inputs": "log_inputs",
+    "/runs/outputs": "log_outputs",
     "/metrics/get-history": "get_metric_history",
     "/metrics/get-history-bulk-interval": "get_metric_history_bulk_interval",
 }
+ARTIFACTS_PATH = "/api/2.0/mlflow-artifacts/artifacts"  # the proxy (also under /ajax-api)
 # Query-string fields that repeat (GET requests carry lists as repeated keys).
-_LIST_FIELDS = {"run_ids", "experiment_ids", "order_by"}
+_LIST_FIELDS = {"run_ids", "experiment_ids", "order_by", "stages"}
 
 
 @dataclass(frozen=True)
@@ -69,8 +72,13 @@ class MlflowServerConfig:
     tokens: dict[str, str] = secret(default_factory=dict)  # project -> bearer token; empty: no auth
     ack_timeout_s: float = 30.0              # how long a write waits for the pipeline's acknowledgement
     default_artifact_root: str = ""          # new experiments' artifacts go under ROOT/<id> (as `mlflow server
-                                             # --default-artifact-root`); empty: mlflow-artifacts:/<id>, which
-                                             # runwire does not serve yet
+                                             # --default-artifact-root`); empty: mlflow-artifacts:/<id>, served
+                                             # by this server from the artifact store below
+    artifact_store: str = ""                 # the emitter's artifact store (directory, file:///path or
+                                             # s3://bucket/prefix); default ~/.local/share/runwire/artifacts
+    artifact_s3_endpoint_url: str = ""       # S3 endpoint (default: boto3's, e.g. AWS_ENDPOINT_URL)
+    registry: str = ""                       # the model registry's SQLite file; default
+                                             # ~/.local/share/runwire/registry.db
 
     def problems(self) -> list[str]:
         from runwire.ingest.gateway import sink_problems
@@ -124,32 +132,88 @@ def _dumps(result) -> bytes:
 
 
 def create_app(service: MlflowService):
-    """The Starlette app serving ``service`` under MLflow's paths."""
+    """The Starlette app serving ``service`` under MLflow's paths (and its ``artifacts`` proxy and
+    ``registry`` endpoints when the service has them)."""
+    import shutil
+    import tempfile
+    from pathlib import PurePosixPath
+
     from starlette.applications import Starlette
+    from starlette.background import BackgroundTask
     from starlette.concurrency import run_in_threadpool
-    from starlette.responses import JSONResponse, PlainTextResponse, Response
+    from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
     from starlette.routing import Route
+
+    from runwire.ingest.mlflow import logged_models, registry as registry_routes
 
     def error(exc: MlflowError) -> Response:
         return JSONResponse(exc.body(), status_code=exc.status)
 
-    def endpoint(method_name: str):
-        handler = getattr(service, method_name)
+    async def answer(name: str, call) -> Response:
+        try:
+            result = await call()
+        except MlflowError as exc:
+            return error(exc)
+        except Exception:  # a bug or a storage failure: MLflow's INTERNAL_ERROR, logged here
+            log.exception("MLflow %s failed", name)
+            return error(MlflowError("INTERNAL_ERROR", f"{name} failed; see the server log"))
+        return result if isinstance(result, Response) else Response(_dumps(result), media_type="application/json")
 
+    def endpoint(handlers: dict):
         async def call(request):
-            try:
+            handler = handlers.get(request.method)
+            if handler is None:
+                return await not_found(request, None)
+
+            async def run():
                 raw = await request.body()
-                body = _request_body(request.method, raw, request.query_params)
+                body = {**_request_body(request.method, raw, request.query_params), **request.path_params}
                 allowed = service.allowed_projects(request.headers.get("authorization"))
-                result = await run_in_threadpool(handler, body, raw, allowed)
-            except MlflowError as exc:
-                return error(exc)
-            except Exception:  # a bug or a storage failure: MLflow's INTERNAL_ERROR, logged here
-                log.exception("MLflow %s failed", method_name)
-                return error(MlflowError("INTERNAL_ERROR", f"{method_name} failed; see the server log"))
-            return Response(_dumps(result), media_type="application/json")
+                return await run_in_threadpool(handler, body, raw, allowed)
+
+            return await answer(handler.__name__, run)
 
         return call
+
+    async def artifact(request):
+        proxy = service.artifacts
+        path = request.path_params.get("path")
+
+        async def run():
+            if proxy is None:
+                raise MlflowError("ENDPOINT_NOT_FOUND", "this server has no artifact store")
+            allowed = service.allowed_projects(request.headers.get("authorization"))
+            if path is None:  # GET ?path=: list
+                return await run_in_threadpool(proxy.list, request.query_params.get("path"), allowed)
+            if request.method == "GET":
+                tmp, dest = await run_in_threadpool(proxy.download, path, allowed)
+                return FileResponse(dest, filename=PurePosixPath(path).name,
+                                    background=BackgroundTask(shutil.rmtree, tmp, True))
+            if request.method == "DELETE":
+                return await run_in_threadpool(proxy.delete, path, allowed)
+            if request.method != "PUT":  # HEAD (Starlette adds it to GET routes): no body to send
+                raise MlflowError("ENDPOINT_NOT_FOUND", f"No endpoint {request.method} {request.url.path}")
+            tmp = tempfile.mkdtemp(prefix="runwire-mlflow-")
+            try:  # the body to a file as it arrives (a model can be larger than memory)
+                dest = f"{tmp}/{PurePosixPath(path).name or 'artifact'}"
+                with open(dest, "wb") as out:
+                    async for chunk in request.stream():
+                        await run_in_threadpool(out.write, chunk)
+                return await run_in_threadpool(proxy.upload, path, dest, allowed)
+            finally:
+                await run_in_threadpool(shutil.rmtree, tmp, True)
+
+        return await answer(f"{request.method} mlflow-artifacts", run)
+
+    async def list_run_artifacts(request):
+        async def run():
+            if service.artifacts is None:
+                raise MlflowError("ENDPOINT_NOT_FOUND", "this server has no artifact store")
+            body = _request_body(request.method, await request.body(), request.query_params)
+            allowed = service.allowed_projects(request.headers.get("authorization"))
+            return await run_in_threadpool(service.artifacts.list_for_run, P.run_id_of(body), body.get("path"), allowed)
+
+        return await answer("artifacts/list", run)
 
     async def health(request):
         return PlainTextResponse("OK")
@@ -157,8 +221,20 @@ def create_app(service: MlflowService):
     async def not_found(request, exc):
         return error(MlflowError("ENDPOINT_NOT_FOUND", f"No endpoint {request.method} {request.url.path}"))
 
-    routes = [Route(prefix + path, endpoint(name), methods=["GET", "POST"])
+    routes = [Route(prefix + path, endpoint({"GET": getattr(service, name), "POST": getattr(service, name)}),
+                    methods=["GET", "POST"])
               for prefix in PREFIXES for path, name in ROUTES.items()]
+    routes += [Route(prefix + path, endpoint({m: getattr(service.logged_models, n) for m, n in methods.items()}),
+                     methods=list(methods))
+               for prefix in PREFIXES for path, methods in logged_models.ROUTES.items()]
+    if service.registry is not None:
+        routes += [Route(prefix + path, endpoint({m: getattr(service.registry, n) for m, n in methods.items()}),
+                         methods=list(methods))
+                   for prefix in PREFIXES for path, methods in registry_routes.ROUTES.items()]
+    for base in (ARTIFACTS_PATH, ARTIFACTS_PATH.replace("/api/", "/ajax-api/", 1)):
+        routes.append(Route(base, artifact, methods=["GET"]))
+        routes.append(Route(base + "/{path:path}", artifact, methods=["GET", "PUT", "DELETE"]))
+    routes += [Route(prefix + "/artifacts/list", list_run_artifacts, methods=["GET"]) for prefix in PREFIXES]
     routes.append(Route("/health", health))
     return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
 
@@ -182,11 +258,12 @@ def bind(listen: str) -> socket.socket:
 class MlflowServer:
     """A running MLflow API server: the socket, uvicorn on its own thread, the service and its sink."""
 
-    def __init__(self, service: MlflowService, listen: str, sink=None, client=None) -> None:
+    def __init__(self, service: MlflowService, listen: str, sink=None, client=None, closers=()) -> None:
         import uvicorn
 
         self.service = service
         self._sink, self._client = sink, client
+        self._closers = list(closers)  # more to close at stop (the artifact store's connections)
         self.socket = bind(listen)
         host, self.port = self.socket.getsockname()[:2]
         self.url = f"http://{host}:{self.port}"
@@ -219,6 +296,8 @@ class MlflowServer:
             self._sink.close()
         if self._client is not None:
             self._client.close()
+        for close in self._closers:
+            close()
 
     def __enter__(self) -> "MlflowServer":
         return self.start()
@@ -227,9 +306,11 @@ class MlflowServer:
         self.stop()
 
 
-def create_server(config: MlflowServerConfig, sink=None) -> MlflowServer:
+def create_server(config: MlflowServerConfig, sink=None, artifact_backend=None, registry=None) -> MlflowServer:
     """The server for ``config``: the gateway's sink (Kafka, or direct into ClickHouse) unless one
-    is given, reads through RunQueries. Applies pending migrations."""
+    is given, reads through RunQueries. Applies pending migrations. ``artifact_backend`` and
+    ``registry`` (the training side's store and registry, which ingest does not import: see
+    runwire.deploy.mlflow_backends) enable the mlflow-artifacts proxy and the registry endpoints."""
     from runwire.ingest import sinks
     from runwire.storage.client import connect
     from runwire.storage.mlflow_meta import MlflowMetaWriter
@@ -244,5 +325,14 @@ def create_server(config: MlflowServerConfig, sink=None) -> MlflowServer:
         sink = sinks.KafkaSink.create(config) if config.mode == "kafka" else sinks.DirectSink.create(config)
     service = MlflowService(RunQueries(client), MlflowMetaWriter(client), sink, config.tokens,
                             ack_timeout_s=config.ack_timeout_s, artifact_root=config.default_artifact_root)
+    if artifact_backend is not None:
+        from runwire.ingest.mlflow.artifacts import ArtifactProxy
+
+        service.artifacts = ArtifactProxy(service, artifact_backend)
+    if registry is not None:
+        from runwire.ingest.mlflow.registry import MlflowRegistry
+
+        service.registry = MlflowRegistry(service, registry, service.artifacts)
     service.ensure_default_experiment()
-    return MlflowServer(service, config.mlflow_listen, sink if own_sink else None, client)
+    closers = [artifact_backend.close] if hasattr(artifact_backend, "close") else []
+    return MlflowServer(service, config.mlflow_listen, sink if own_sink else None, client, closers)

@@ -83,6 +83,11 @@ class MlflowService:
         self._experiments = _Ttl(cache_ttl_s)
         self._create_lock = threading.Lock()
         self.counters = {"envelopes": 0, "points": 0}
+        self.artifacts = None  # the mlflow-artifacts proxy (runwire.ingest.mlflow.artifacts), when served
+        self.registry = None   # the registry endpoints (runwire.ingest.mlflow.registry), when served
+        from runwire.ingest.mlflow.logged_models import LoggedModels
+
+        self.logged_models = LoggedModels(self)
 
     # --- authentication: the gateway's tokens (project -> bearer token) ------------------------
 
@@ -194,13 +199,7 @@ class MlflowService:
         return {"experiment": P.experiment_json(rows[0])}
 
     def search_experiments(self, body, raw, allowed):
-        stages = _VIEW_TYPES.get(str(body.get("view_type") or "ACTIVE_ONLY"))
-        if stages is None:
-            raise invalid(f"Invalid view_type {body.get('view_type')!r}")
-        max_results = P.as_int(body.get("max_results"), "max_results", 1000)
-        if not 0 < max_results <= P.MAX_SEARCH_RESULTS:
-            raise invalid(f"Invalid value {max_results} for parameter 'max_results' supplied. It must be at most "
-                          f"{P.MAX_SEARCH_RESULTS}")
+        stages, max_results = _search_scope(body, "view_type")
         matches = _experiment_matcher(body.get("filter") or "")
         rows = [e for e in self.queries.mlflow_experiments() if e["lifecycle_stage"] in stages and matches(e)
                 and (allowed is None or e["project"] in allowed)]
@@ -353,13 +352,7 @@ class MlflowService:
         return self._set_run_stage(body, allowed, ACTIVE)
 
     def search_runs(self, body, raw, allowed):
-        stages = _VIEW_TYPES.get(str(body.get("run_view_type") or "ACTIVE_ONLY"))
-        if stages is None:
-            raise invalid(f"Invalid run_view_type {body.get('run_view_type')!r}")
-        max_results = P.as_int(body.get("max_results"), "max_results", 1000)
-        if not 0 < max_results <= P.MAX_SEARCH_RESULTS:
-            raise invalid(f"Invalid value {max_results} for parameter 'max_results' supplied. It must be at most "
-                          f"{P.MAX_SEARCH_RESULTS}")
+        stages, max_results = _search_scope(body, "run_view_type")
         experiments = [self._experiment(e, allowed) for e in body.get("experiment_ids") or []]
         projects = sorted({e["project"] for e in experiments})
         offset = P.decode_page_token(body.get("page_token"))
@@ -470,6 +463,14 @@ class MlflowService:
         self.meta.put_inputs(rows)
         return {}
 
+    def log_outputs(self, body, raw, allowed):
+        """The run's output models: checked, not kept (runwire links a logged model to its run by
+        the model's source_run_id)."""
+        self._active_run(body, allowed)
+        for item in body.get("models") or []:
+            self.logged_models.get(P.required(item, "model_id"), allowed)
+        return {}
+
     # --- metric history ----------------------------------------------------------------------
 
     def get_metric_history(self, body, raw, allowed):
@@ -515,6 +516,18 @@ class MlflowService:
         return {"metrics": out}
 
 
+def _search_scope(body: dict, view_field: str) -> tuple[tuple[str, ...], int]:
+    """A search request's lifecycle stages (from ``view_field``) and max_results, checked as MLflow does."""
+    stages = _VIEW_TYPES.get(str(body.get(view_field) or "ACTIVE_ONLY"))
+    if stages is None:
+        raise invalid(f"Invalid {view_field} {body.get(view_field)!r}")
+    max_results = P.as_int(body.get("max_results"), "max_results", 1000)
+    if not 0 < max_results <= P.MAX_SEARCH_RESULTS:
+        raise invalid(f"Invalid value {max_results} for parameter 'max_results' supplied. It must be at most "
+                      f"{P.MAX_SEARCH_RESULTS}")
+    return stages, max_results
+
+
 def sample_bulk_interval(history: list[dict], max_results: int, start: int | None, end: int | None) -> list[dict]:
     """MLflow's sampling for the UI's charts (its SQL store, _sample_metric_history_single_run):
     the points in step order (then time, value), split into ``max_results`` NTILE buckets, the
@@ -541,6 +554,14 @@ def sample_bulk_interval(history: list[dict], max_results: int, start: int | Non
 def _experiment_matcher(filter_string: str):
     """A predicate over experiment rows for search_experiments' filter: ``name`` (=, !=, LIKE,
     ILIKE) and ``tags.KEY`` comparisons joined by AND."""
+    return record_matcher(filter_string, {"name": lambda e: e["name"]}, "search_experiments")
+
+
+def record_matcher(filter_string: str, attributes: dict, what: str, absent_tag_differs: bool = False):
+    """A predicate over rows (dicts with a ``tags`` dict) for a search filter: the given
+    attributes (name -> getter) and ``tags.KEY``, string comparisons joined by AND.
+    absent_tag_differs: ``tags.K != 'v'`` holds for a row without the tag (MLflow's registry
+    searches: its client adds ``tag.`mlflow.prompt.is_prompt` != 'true'`` to every search)."""
     from runwire.storage import filters
 
     try:
@@ -551,16 +572,22 @@ def _experiment_matcher(filter_string: str):
     checks = []
     for term in terms:
         if not isinstance(term, filters.Comparison) or isinstance(term.value, float):
-            raise invalid("search_experiments filters support name and tags.KEY string comparisons joined by AND")
-        if term.key.entity == filters.ATTRIBUTES and term.key.key == "name":
-            checks.append((lambda e: e["name"], term))
+            raise invalid(f"{what} filters support {', '.join(attributes)} and tags.KEY string comparisons "
+                          "joined by AND")
+        if term.key.entity == filters.ATTRIBUTES and term.key.key in attributes:
+            checks.append((attributes[term.key.key], term))
         elif term.key.entity == filters.TAGS:
             checks.append(((lambda k: lambda e: e["tags"].get(k))(term.key.key), term))
         else:
-            raise invalid(f"Invalid attribute key '{term.key.key}' specified for search_experiments")
+            raise invalid(f"Invalid attribute key '{term.key.key}' specified for {what}")
 
-    def matches(experiment: dict) -> bool:
-        return all(_compare(get(experiment), term.op, term.value) for get, term in checks)
+    def holds(actual, term) -> bool:
+        if actual is None and absent_tag_differs and term.op == "!=" and term.key.entity == filters.TAGS:
+            return True
+        return _compare(actual, term.op, term.value)
+
+    def matches(row: dict) -> bool:
+        return all(holds(get(row), term) for get, term in checks)
 
     return matches
 

@@ -14,7 +14,8 @@ import uuid
 import requests
 
 from runwire.deploy.local.stack import LocalStack
-from runwire.ingest.mlflow.server import MlflowServerConfig, create_server
+from runwire.deploy.mlflow_backends import create_server
+from runwire.ingest.mlflow.server import MlflowServerConfig
 
 
 def wait_for(check, timeout: float = 60.0, interval: float = 0.2, what: str = "condition"):
@@ -46,13 +47,29 @@ def runwire_mlflow(kafka_bootstrap: str, clickhouse_url: str, data_dir: str, tok
         config = MlflowServerConfig.from_settings(
             mlflow_listen="127.0.0.1:0", mode="kafka", kafka_bootstrap=stack.kafka_bootstrap,
             topic_prefix=f"mlf{suffix}.", topic_partitions=1, clickhouse_url=clickhouse_url,
-            clickhouse_database=database, tokens=tokens or {})
+            clickhouse_database=database, tokens=tokens or {}, artifact_store=f"{data_dir}/artifacts",
+            registry=f"{data_dir}/registry.db")
         server = create_server(config).start()
         try:
             yield server, stack
         finally:
             server.stop()
     stack.client().command(f"DROP DATABASE IF EXISTS {database}")  # after the ingest worker stopped
+
+
+@contextlib.contextmanager
+def tracking_uri(url: str, monkeypatch):
+    """The fluent API pointed at ``url`` (as MLFLOW_TRACKING_URI would), reset after."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    mlflow.set_tracking_uri(url)
+    try:
+        yield url
+    finally:
+        while mlflow.active_run():
+            mlflow.end_run()
+        mlflow.set_tracking_uri(None)
 
 
 def free_port() -> int:

@@ -183,7 +183,8 @@ def http_get(port: int, path: str) -> Answer:
 
 @pytest.fixture(scope="module")
 def servers(clickhouse_url, tmp_path_factory):
-    from runwire.ingest.mlflow.server import MlflowServerConfig, create_server
+    from runwire.deploy.mlflow_backends import create_server
+    from runwire.ingest.mlflow.server import MlflowServerConfig
     from runwire.ingest.monitoring import PipelineMetrics
     from runwire.storage.client import connect
     from runwire.storage.schema import migrate
@@ -197,7 +198,8 @@ def servers(clickhouse_url, tmp_path_factory):
     ui = UIServer(app, "127.0.0.1:0").start()
     mlflow = create_server(MlflowServerConfig.from_settings(
         mlflow_listen="127.0.0.1:0", mode="direct", clickhouse_url=clickhouse_url,
-        clickhouse_database=database)).start()
+        clickhouse_database=database, artifact_store=str(tmp_path_factory.mktemp("fuzz-artifacts")),
+        registry=str(tmp_path_factory.mktemp("fuzz-registry") / "registry.db"))).start()
     metrics = PipelineMetrics()
     metrics.serve("127.0.0.1:0")
     experiment = mlflow.service.ensure_default_experiment()

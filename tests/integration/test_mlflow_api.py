@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag, ViewType
 from mlflow.exceptions import MlflowException, RestException
 
-from mlflow_helpers import mlflow_reference_server, runwire_mlflow, wait_for
+from mlflow_helpers import mlflow_reference_server, runwire_mlflow, tracking_uri, wait_for
 
 pytestmark = pytest.mark.infra
 
@@ -38,12 +38,8 @@ def rw(kafka_bootstrap, clickhouse_url, tmp_path_factory):
 def fluent(rw, monkeypatch):
     """The fluent API pointed at runwire (as MLFLOW_TRACKING_URI would), reset after the test."""
     server, _ = rw
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
-    mlflow.set_tracking_uri(server.url)
-    yield server
-    while mlflow.active_run():
-        mlflow.end_run()
-    mlflow.set_tracking_uri(None)
+    with tracking_uri(server.url, monkeypatch):
+        yield server
 
 
 def _settled(client: MlflowClient, run_id: str, params: int, tags: int, metrics: int):
@@ -126,10 +122,8 @@ def test_sklearn_autolog_logs_params_metrics_and_dataset(fluent, rw, tmp_path):
     from sklearn.linear_model import LogisticRegression
 
     server, _ = rw
-    # runwire does not proxy artifacts (mlflow-artifacts:/) yet: the client writes the plots
-    # autolog makes straight to the experiment's artifact location, as with any non-proxied store.
-    experiment_id = MlflowClient(server.url).create_experiment(f"sklearn-{uuid.uuid4().hex[:6]}",
-                                                               artifact_location=tmp_path.as_uri())
+    # The plots autolog makes go through runwire's mlflow-artifacts proxy into its artifact store.
+    experiment_id = MlflowClient(server.url).create_experiment(f"sklearn-{uuid.uuid4().hex[:6]}")
     mlflow.set_experiment(experiment_id=experiment_id)
     mlflow.sklearn.autolog(log_models=False, silent=True)
     try:
@@ -148,7 +142,8 @@ def test_sklearn_autolog_logs_params_metrics_and_dataset(fluent, rw, tmp_path):
     assert got.data.metrics["training_accuracy_score"] == pytest.approx(accuracy)
     assert got.data.tags["estimator_name"] == "LogisticRegression"
     assert got.info.experiment_id == experiment_id and got.info.status == "FINISHED"
-    assert (tmp_path / run.info.run_id / "artifacts" / "training_confusion_matrix.png").exists()
+    assert got.info.artifact_uri.startswith("mlflow-artifacts:/")
+    assert "training_confusion_matrix.png" in [f.path for f in client.list_artifacts(run.info.run_id)]
     assert [d.dataset.name for d in got.inputs.dataset_inputs] == ["dataset"]
 
 

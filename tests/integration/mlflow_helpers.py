@@ -59,16 +59,24 @@ def runwire_mlflow(kafka_bootstrap: str, clickhouse_url: str, data_dir: str, tok
 
 @contextlib.contextmanager
 def tracking_uri(url: str, monkeypatch):
-    """The fluent API pointed at ``url`` (as MLFLOW_TRACKING_URI would), reset after."""
+    """The fluent API pointed at ``url`` (as MLFLOW_TRACKING_URI would), reset after. The active
+    experiment is cleared before and after: `mlflow.set_experiment` keeps it in a module global
+    and in os.environ, so a later test's `start_run()` would look for it on another server."""
     import mlflow
+
+    def forget_experiment():
+        mlflow.tracking.fluent._active_experiment_id = None
+        os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     mlflow.set_tracking_uri(url)
+    forget_experiment()
     try:
         yield url
     finally:
         while mlflow.active_run():
             mlflow.end_run()
+        forget_experiment()
         mlflow.set_tracking_uri(None)
 
 

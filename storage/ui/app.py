@@ -51,6 +51,9 @@ from runwire.storage.commands import _jsonable
 from runwire.storage.filters import FilterError, parse_filter
 from runwire.storage.query import NotFound, QueryError, RunQueries
 
+# In the development install (setuptools' strict editable mode) these files are symbolic links,
+# so StaticFiles follows them; a request still cannot leave the folder (the normalized path is
+# checked against it).
 STATIC = Path(__file__).parent / "static"
 MAX_BUCKETS = 5000
 MAX_COMPARE = 20
@@ -296,5 +299,5 @@ def create_app(connect: Callable[[], object], tokens: Mapping[str, str] | None =
     return Starlette(routes=[
         Route("/", index),
         Mount("/api/v1", routes=api),
-        Mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static"),
+        Mount("/static", StaticFiles(directory=STATIC, check_dir=False, follow_symlink=True), name="static"),
     ], exception_handlers={HTTPException: http_error})

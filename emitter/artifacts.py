@@ -35,6 +35,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable
+from urllib.parse import urlsplit
 
 from runwire import stores
 from runwire.proto.config import build
@@ -46,6 +47,7 @@ ARTIFACT_PREFIX = "runwire.artifact."
 MAX_ARTIFACT_NAME = MAX_KEY_LEN - len(ARTIFACT_PREFIX)
 _PENDING = "artifacts-pending"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
+SMALL_IN_PROCESS_BYTES = 1 << 20  # files up to this size upload in-process (see Uploader._small_local)
 
 
 @dataclass(frozen=True)
@@ -238,13 +240,24 @@ class Uploader:
         self._unacked: list[tuple[dict, Path]] = []  # uploaded, record not yet acknowledged
 
     def _upload(self, path: str) -> dict:
-        if self.config.artifact_process:
+        if self.config.artifact_process and not self._small_local(path):
             if self._worker is None:
                 self._worker = _WorkerProcess(self.config)
             return self._worker.upload(path)
         if self._store is None:
             self._store = self.config.open_store()
         return upload_tree(self._store, path, self.config.artifact_threads, self.config.artifact_nice)
+
+    def _small_local(self, path: str) -> bool:
+        """A small file for a local store (the captured package list and diff) is hashed and
+        copied in this thread: a few milliseconds, where starting the upload process costs a
+        quarter of a second of finish(). S3 stays in the child (boto3 is heavy to import)."""
+        if urlsplit(self.config.artifact_store).scheme == "s3":
+            return False
+        try:
+            return Path(path).is_file() and Path(path).stat().st_size <= SMALL_IN_PROCESS_BYTES
+        except OSError:
+            return False
 
     def submit(self, path: str | os.PathLike, name: str | None = None, kind: str = "", metadata: dict | None = None,
                delete_after: bool = False) -> ArtifactRef:
@@ -281,6 +294,7 @@ class Uploader:
             if item is None:
                 if self._worker is not None:
                     self._worker.close()
+                self._queue.task_done()  # a second shutdown() must not wait for the sentinel
                 return
             job, ref = item
             try:
@@ -314,12 +328,9 @@ class Uploader:
 
     def wait(self, timeout: float) -> bool:
         """Block until every queued artifact is done (or `timeout`)."""
-        deadline = time.monotonic() + timeout
-        while self._queue.unfinished_tasks:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.05)
-        return True
+        done = self._queue.all_tasks_done  # the condition Queue.join() waits on, with a timeout
+        with done:
+            return done.wait_for(lambda: not self._queue.unfinished_tasks, timeout)
 
     def acknowledged(self) -> None:
         """The run's exporter delivered everything: the uploaded records' journals can go."""
@@ -334,7 +345,7 @@ class Uploader:
         if not done:
             log.warning("runwire: %d artifact(s) still uploading after %.0f s; they are journaled in %s: finish "
                         "them with `runwire sync`", self._queue.unfinished_tasks, timeout, self.journal_dir)
-        if self._started and done:
+        if self._started and done and self._thread.is_alive():
             self._queue.put(None)
             # Records not yet acknowledged stay journaled until acknowledged() (the run's exporter
             # delivered everything); else `runwire sync` resends them (storage collapses duplicates).

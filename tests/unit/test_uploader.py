@@ -94,3 +94,27 @@ def test_config_is_validated():
 
     with pytest.raises(ConfigError, match="artifact_part_bytes"):
         artifacts.build_config({"artifact_part_bytes": 1024})
+
+
+def test_shutdown_twice_returns_at_once(tmp_path):
+    up, _ = _uploader(tmp_path)
+    f = tmp_path / "a.bin"
+    f.write_bytes(b"x")
+    up.submit(f).wait(30)
+    assert up.shutdown(30)
+    assert up.shutdown(2)  # the first shutdown's sentinel is done; nothing left to wait for
+
+
+def test_small_local_files_skip_the_upload_process_and_large_ones_use_it(tmp_path):
+    """The captured metadata (a few KB) must not make finish() start a Python process; a
+    checkpoint still hashes and uploads outside the training process's GIL."""
+    up, _ = _uploader(tmp_path)
+    small = tmp_path / "requirements.txt"
+    small.write_text("numpy==2.0\n")
+    assert up.submit(small).wait(30)["size"] == small.stat().st_size
+    assert up._worker is None
+    large = tmp_path / "ckpt.pt"
+    large.write_bytes(b"w" * (artifacts.SMALL_IN_PROCESS_BYTES + 1))
+    assert up.submit(large).wait(30)["size"] == large.stat().st_size
+    assert up._worker is not None
+    assert up.shutdown(30)

@@ -29,8 +29,8 @@ from runwire.proto import retry
 from runwire.proto.config import build, secret
 from runwire.identity import Layout
 from runwire.proto import telemetry_pb2 as pb
-from runwire.proto.contract import (AUTH, DEFAULT_BATCH_POINTS, MAX_NAME_LEN, REJECT, STREAM_METHOD, classify_grpc,
-                                    valid_metric_name)
+from runwire.proto.contract import (AUTH, DEFAULT_BATCH_POINTS, KEEPALIVE_TIME_MS, MAX_NAME_LEN, REJECT,
+                                    STREAM_METHOD, classify_grpc, valid_metric_name)
 from runwire import spool as spool_files
 from runwire.spool import Spool, default_root
 
@@ -614,7 +614,7 @@ def _take_groups(points: collections.deque, budget: int) -> list[tuple[tuple, li
 # second, gRPC's bandwidth-delay probe pings at nearly every message, which costs the gateway
 # more CPU than the message itself (bench/streams.py); the fixed 64 KiB flow-control window
 # still carries hundreds of MB/s per stream in a data centre.
-CHANNEL_OPTIONS = [("grpc.keepalive_time_ms", 20000), ("grpc.keepalive_timeout_ms", 10000),
+CHANNEL_OPTIONS = [("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS), ("grpc.keepalive_timeout_ms", 10000),
                    ("grpc.max_send_message_length", 64 << 20), ("grpc.http2.bdp_probe", 0)]
 
 

@@ -32,7 +32,7 @@ from runwire.proto.config import build, secret
 from runwire.ingest import codec
 from runwire.ingest.sinks import Sink
 from runwire.ingest.validate import InvalidEnvelope, validate
-from runwire.proto.contract import METRIC_COLUMNS, SERVICE_NAME
+from runwire.proto.contract import KEEPALIVE_TIME_MS, METRIC_COLUMNS, SERVICE_NAME
 from runwire.proto import telemetry_pb2 as pb
 from runwire.proto.auth import bearer_token, projects_for
 
@@ -59,6 +59,9 @@ class GatewayConfig:
     ttl_days: int | None = None              # direct mode: raw time-series retention; None leaves it as it is
     server: str = "aio"                      # "aio" (one event loop) or "threads" (a thread per stream)
     metrics_listen: str = ""                 # host:port serving Prometheus /metrics; empty: off
+    # Keepalive pings closer together than this on an idle stream are refused (GOAWAY): half the
+    # emitter's interval, so its pings always pass.
+    min_ping_interval_ms: int = KEEPALIVE_TIME_MS // 2
 
     def problems(self) -> list[str]:
         out = sink_problems(self)
@@ -112,9 +115,12 @@ def server_options(config: GatewayConfig) -> list[tuple[str, int]]:
     bench/streams.py lost 20 % of 3,000 streams to CANCELLED with the defaults). BDP probing is
     off, as on the emitter's channel (runwire.exporter.CHANNEL_OPTIONS): on streams that send an
     envelope a second it pinged at nearly every message, and gRPC core's threads spent twice the
-    CPU (bench/streams.py, gateway_cpu_s_by_thread)."""
+    CPU (bench/streams.py, gateway_cpu_s_by_thread). Keepalive pings from idle emitters are
+    accepted (see GatewayConfig.min_ping_interval_ms); gRPC's default (one per 5 minutes) made
+    every stream idle for ~2 minutes end in GOAWAY "too_many_pings" and a reconnect."""
     return [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.so_reuseport", 0),
             ("grpc.http2.bdp_probe", 0),
+            ("grpc.http2.min_ping_interval_without_data_ms", config.min_ping_interval_ms),
             ("grpc.server.max_pending_requests", config.max_streams),
             ("grpc.server.max_pending_requests_hard_limit", 2 * config.max_streams)]
 

@@ -18,6 +18,10 @@ _SERVICE = pb.DESCRIPTOR.services_by_name["Telemetry"]
 SERVICE_NAME = _SERVICE.full_name  # runwire.v1.Telemetry
 STREAM_METHOD = f"/{_SERVICE.full_name}/{_SERVICE.methods_by_name['Stream'].name}"
 PUBLISH_METHOD = f"/{_SERVICE.full_name}/{_SERVICE.methods_by_name['Publish'].name}"
+# The emitter pings its stream's connection this often when nothing arrives (HTTP/2 keepalive),
+# to notice a dead gateway. The gateway must accept pings this frequent: gRPC servers answer more
+# than two pings within 5 minutes on an idle stream with GOAWAY "too_many_pings".
+KEEPALIVE_TIME_MS = 20_000
 
 # -- record kinds: one Kafka topic and one set of tables each ---------------------------------
 METRICS = "metrics"

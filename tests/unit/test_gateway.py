@@ -455,3 +455,36 @@ def test_health_metrics_count_envelopes_points_streams_and_latency(sink, streams
         assert _scrape(port)["runwire_gateway_open_streams"] == 0.0
     finally:
         gw.stop(grace=0.5)
+
+
+def _idle_stream_survives(sink, streams, min_ping_interval_ms: int) -> bool:
+    """A stream that pings every second (as the emitter does every KEEPALIVE_TIME_MS) and sends
+    nothing for 6 s: is it still open and answering? (gRPC's client normally throttles pings
+    without data to one a minute after two; max_pings_without_data=0 lifts that, so the GOAWAY
+    a real idle emitter met after ~2.5 minutes comes within seconds here.)"""
+    gw = start_gateway(sink, min_ping_interval_ms=min_ping_interval_ms)
+    options = [("grpc.keepalive_time_ms", 1000), ("grpc.http2.max_pings_without_data", 0)]
+    try:
+        with grpc.insecure_channel(gw.address, options=options) as ch:
+            stream = streams(ch)
+            stream.send(raw(envelope(seq=1)))
+            assert stream.next_ack().code == "OK"
+            if not stream.no_ack_within(6.0):  # None: the stream ended
+                return False
+            stream.send(raw(envelope(seq=2)))
+            ack = stream.next_ack()
+            return ack is not None and ack.code == "OK"
+    finally:
+        gw.stop(grace=0.2)
+
+
+def test_keepalive_pings_of_an_idle_emitter_are_accepted(sink, streams):
+    from runwire.ingest.gateway import GatewayConfig
+    from runwire.proto.contract import KEEPALIVE_TIME_MS
+
+    # The emitter's interval passes the gateway's default limit, with room to spare.
+    assert GatewayConfig().min_ping_interval_ms <= KEEPALIVE_TIME_MS // 2
+    # Scaled down 20x: the same ratio keeps an idle stream open ...
+    assert _idle_stream_survives(sink, streams, min_ping_interval_ms=500)
+    # ... where gRPC's default (5 minutes) ends it with GOAWAY "too_many_pings".
+    assert not _idle_stream_survives(sink, streams, min_ping_interval_ms=300_000)

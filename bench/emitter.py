@@ -100,17 +100,19 @@ def one_runwire_stalled(n: int, k: int, gateway: str, gateway_pid: int) -> dict:
     run.log(data[0], step=0)
     run.flush(10)
     os.kill(gateway_pid, signal.SIGSTOP)
+    took = [0.0] * n
     try:
-        worst = 0.0
         perf = time.perf_counter
         for i in range(n):
             t = perf()
             run.log(data[i % len(data)], step=i)
-            worst = max(worst, perf() - t)
+            took[i] = perf() - t
     finally:
         os.kill(gateway_pid, signal.SIGCONT)
     run.finish()
-    return {"n": n, "worst_log_us": worst * 1e6}
+    took.sort()
+    # The worst call on a shared 2-core machine is one scheduling hiccup; p99.9 shows the rest.
+    return {"n": n, "worst_log_us": took[-1] * 1e6, "p999_log_us": took[int(n * 0.999)] * 1e6}
 
 
 def one_wandb(n: int, k: int) -> dict:

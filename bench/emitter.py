@@ -6,6 +6,9 @@ Each logger runs in its own fresh process (imports and memory do not mix), one a
 in one invocation, logging N calls of a dict of K floats:
 - loop_us:  microseconds per call inside the training loop;
 - total_us: the same including the final flush/finish (all background encoding and sending);
+            finish_ms is finish() alone: it waits for the run's metadata capture (git, packages;
+            started at init, a fixed cost per run that a 30 ms benchmark run cannot hide), so
+            "runwire_no_capture" repeats the run with capture=False;
 - rss_mb:   resident memory the logger added right after the loop (a burst of N calls can sit in
             the queue), minus before import. runwire also reports rss_import_mb (importing it:
             grpc alone is about 25 MB), and runwire_paced_memory the peak at a sustained
@@ -46,23 +49,25 @@ def payloads(n: int, k: int) -> list[dict]:
 
 # -- one logger per process ------------------------------------------------------------------
 
-def one_runwire(n: int, k: int, gateway: str) -> dict:
+def one_runwire(n: int, k: int, gateway: str, capture: bool = True) -> dict:
     before = rss_mb()
     import runwire
 
     imported = rss_mb() - before
     data = payloads(n, k)
-    run = runwire.init(project="bench", gateway=gateway, gpu=False, spool_dir=tempfile.mkdtemp())
+    run = runwire.init(project="bench", gateway=gateway, gpu=False, spool_dir=tempfile.mkdtemp(), capture=capture)
     log = run.log
     start = time.perf_counter()
     for i in range(n):
         log(data[i % len(data)], step=i)
     loop = time.perf_counter() - start
     rss = rss_mb() - before
+    finish_started = time.perf_counter()
     summary = run.finish()
     total = time.perf_counter() - start
     assert summary["runwire.unacked"] == 0 and summary["runwire.dropped"] == 0, summary
-    return {"n": n, "loop_us": loop / n * 1e6, "total_us": total / n * 1e6, "rss_mb": round(rss, 1),
+    return {"n": n, "loop_us": loop / n * 1e6, "total_us": total / n * 1e6,
+            "finish_ms": (time.perf_counter() - finish_started) * 1e3, "rss_mb": round(rss, 1),
             "rss_import_mb": round(imported, 1), "send_latency_mean_ms": summary["runwire.send_latency_mean_s"] * 1e3}
 
 
@@ -236,6 +241,7 @@ def main() -> None:
         name, rest = args.one[0], args.one[1:]
         result = {
             "runwire": lambda: one_runwire(args.n, args.k, rest[0]),
+            "runwire_no_capture": lambda: one_runwire(args.n, args.k, rest[0], capture=False),
             "paced": lambda: one_runwire_paced(args.k, rest[0]),
             "stalled": lambda: one_runwire_stalled(args.n, args.k, rest[0], int(rest[1])),
             "wandb": lambda: one_wandb(args.n, args.k),
@@ -251,6 +257,7 @@ def main() -> None:
     proc, address = start_server("ack")
     try:
         result["runwire"] = run_child("runwire", address)
+        result["runwire_no_capture"] = run_child("runwire_no_capture", address)
         result["runwire_paced_memory"] = run_child("paced", address)
         result["runwire_stalled_gateway"] = run_child("stalled", address, str(proc.pid))
     finally:

@@ -162,8 +162,6 @@ def packages() -> list[tuple[str, str]]:
     found wins, as for imports. Read from the `name-version.dist-info` folder names: reading every
     METADATA file (importlib.metadata) takes ~0.5 s with a few hundred packages, and finish()
     waits for the capture. Only a folder without a version in its name (egg-info) is read."""
-    from importlib import metadata as importlib_metadata
-
     found: dict[str, tuple[str, str]] = {}
     for entry in sys.path:
         try:
@@ -176,6 +174,8 @@ def packages() -> list[tuple[str, str]]:
                 continue
             name, _, version = stem.partition("-")
             if not version:
+                from importlib import metadata as importlib_metadata  # 14 ms to import: only when needed
+
                 dist = importlib_metadata.PathDistribution(Path(entry or ".", folder))
                 name, version = (dist.metadata or {}).get("Name") or name, dist.version or ""
             found.setdefault(re.sub(r"[-_.]+", "-", name).lower(), (name, version.split("-")[0]))

@@ -118,3 +118,14 @@ def test_small_local_files_skip_the_upload_process_and_large_ones_use_it(tmp_pat
     assert up.submit(large).wait(30)["size"] == large.stat().st_size
     assert up._worker is not None
     assert up.shutdown(30)
+
+
+@pytest.mark.parametrize("size", [0, 1, 4096, 3 * 1024 + 5])
+def test_sha256_file_matches_hashlib_at_every_size(tmp_path, size):
+    import hashlib
+    import os
+
+    f = tmp_path / "blob"
+    data = os.urandom(size)
+    f.write_bytes(data)
+    assert stores.sha256_file(f, chunk=1024) == stores.sha256_file(f) == hashlib.sha256(data).hexdigest()

@@ -390,8 +390,13 @@ class Exporter:
             finally:
                 with self._cond:
                     conn.closed = True
+                    conn.call = None  # see below
                     self._cond.notify_all()
                 channel.close()
+                # The call must be collected now, while threads run: kept until interpreter exit,
+                # its __del__ waited for a lock that gRPC's request thread, frozen at exit, held
+                # (1 exit in 75 hung under load when grpc's fork support was on).
+                call = None
             if self._closing:
                 return
             self.stats["reconnects"] += 1
